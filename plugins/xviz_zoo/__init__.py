@@ -1,0 +1,102 @@
+"""Built-in models and datasets: torchvision ImageNet classifiers, the bundled demo model and the
+synthetic part dataset."""
+
+from __future__ import annotations
+
+import urllib.error
+from functools import partial
+
+from xviz import hookimpl
+from xviz.data.synthetic import CLASSES, SyntheticParts
+from xviz.datasets import DatasetSpec
+from xviz.errors import XvizError
+from xviz.images import Preprocessing
+from xviz.models import LoadedModel, ModelSpec, load_checkpoint
+
+from xviz_zoo.demo import CHECKPOINT, PREPROCESSING, DemoCNN
+
+# torchvision classifier -> the layer its CAMs explain by default
+TORCHVISION_LAYERS = {
+    "resnet18": "layer4", "resnet34": "layer4", "resnet50": "layer4", "resnet101": "layer4", "resnet152": "layer4",
+    "vgg11": "features.19", "vgg16": "features.29", "vgg16_bn": "features.42", "vgg19": "features.35",
+    "densenet121": "features", "densenet169": "features",
+    "mobilenet_v2": "features", "mobilenet_v3_large": "features", "efficientnet_b0": "features",
+    "convnext_tiny": "features",
+}
+
+
+def _weights_enum(name: str, weights: str):
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum[weights.upper()] if weights.upper() != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise XvizError(f"model `{name}` has no weights `{weights}`: choose DEFAULT, none, a checkpoint PATH or one of "
+                        f"{', '.join(w.name for w in enum)}") from None
+
+
+def _torchvision_pretrained(name: str, weights: str) -> LoadedModel:
+    import torchvision
+
+    w = _weights_enum(name, weights)
+    try:
+        module = torchvision.models.get_model(name, weights=w)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        raise XvizError(
+            f"could not download the pretrained weights {w} for `{name}` ({getattr(exc, 'reason', exc)}); they are "
+            "fetched once and cached under $TORCH_HOME. Offline, use --model xviz-demo, --checkpoint PATH or "
+            "--weights none"
+        ) from None
+    return LoadedModel(module, name, list(w.meta["categories"]), Preprocessing.from_transforms(w.transforms()), str(w))
+
+
+def _torchvision_spec(name: str) -> ModelSpec:
+    import torchvision
+
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    return ModelSpec(
+        name=name,
+        build=lambda num_classes: torchvision.models.get_model(name, weights=None, num_classes=num_classes),
+        preprocessing=Preprocessing.from_transforms(default.transforms()),
+        class_names=tuple(default.meta["categories"]),
+        summary=f"torchvision {name}, ImageNet weights {default}",
+        pretrained=partial(_torchvision_pretrained, name),
+        family="torchvision",
+    )
+
+
+def _demo_pretrained(weights: str) -> LoadedModel:
+    if weights.upper() != "DEFAULT":
+        raise XvizError(f"model `xviz-demo` has only its bundled weights: use --weights DEFAULT or none, not `{weights}`")
+    return load_checkpoint(CHECKPOINT)
+
+
+@hookimpl
+def xviz_register_models():
+    demo = ModelSpec(
+        name="xviz-demo",
+        build=lambda num_classes: DemoCNN(num_classes),
+        preprocessing=PREPROCESSING,
+        class_names=CLASSES,
+        summary="small CNN trained on the synthetic part dataset (bundled, offline)",
+        pretrained=_demo_pretrained,
+        family="xviz",
+    )
+    return [demo, *(_torchvision_spec(name) for name in TORCHVISION_LAYERS)]
+
+
+@hookimpl
+def xviz_register_datasets():
+    def build(split, root=None, size=None, seed=0, **_):
+        return SyntheticParts(split, size=size, seed=seed, preprocessing=PREPROCESSING)
+
+    return [DatasetSpec("synthetic", build, CLASSES, PREPROCESSING,
+                        "synthetic creatures whose class is one part; object and part masks (generated, no files)")]
+
+
+@hookimpl
+def xviz_default_target_layer(model, model_name):
+    if model_name == "xviz-demo":
+        return "features"
+    return TORCHVISION_LAYERS.get(model_name)

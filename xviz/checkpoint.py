@@ -1,0 +1,62 @@
+"""xviz checkpoints: weights plus what is needed to use them, written atomically, read safely.
+
+A checkpoint is a ``torch.save``'d dict of plain types (loadable with ``weights_only=True``):
+
+``format``       ``"xviz-checkpoint/1"``
+``arch``         registered model name whose ``build(num_classes)`` recreates the network
+``state_dict``   the weights
+``class_names``  list of class names, index = class id
+``preprocessing`` :class:`xviz.images.Preprocessing` as a dict
+``history``      list of per-epoch dicts (loss, accuracy, ...)
+``config``       the training configuration
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from xviz.errors import XvizError
+from xviz.images import Preprocessing
+from xviz.render import atomic_write
+
+FORMAT = "xviz-checkpoint/1"
+
+
+def save_checkpoint(path, *, arch: str, state_dict: dict, class_names, preprocessing: Preprocessing,
+                    history=None, config=None, **extra) -> Path:
+    """Write an xviz checkpoint atomically (a crash leaves the previous file intact)."""
+    payload = {
+        "format": FORMAT,
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "class_names": list(class_names),
+        "preprocessing": preprocessing.to_dict(),
+        "history": list(history or []),
+        "config": dict(config or {}),
+        **extra,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint file with ``weights_only=True``; a bare state dict is returned as
+    ``{"state_dict": ...}``. Errors say what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise XvizError(f"checkpoint `{path}` does not exist: check the path")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise XvizError(f"`{path}` is not a readable PyTorch checkpoint ({reason[:160]})") from None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return data
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        return data
+    if isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values()):
+        return {"state_dict": data}
+    raise XvizError(f"`{path}` holds no model weights (expected an xviz checkpoint or a state dict)")

@@ -1,0 +1,268 @@
+"""The ``xviz`` command line: explain, methods, models, datasets, layers, plugins, train.
+
+A user's mistake ends in one line ``xviz: error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xviz import __version__
+from xviz.errors import XvizError
+
+EXPLAIN_EXAMPLES = """examples:
+  xviz explain --model xviz-demo --method gradcampp plugins/xviz_zoo/assets/samples
+  xviz explain --method gradcam,gradcampp --topk 3 cat.jpg          (resnet50, ImageNet weights)
+  xviz explain --model vgg16 --layer features.29 --target "water ouzel" bird.jpg
+  xviz explain --checkpoint runs/cub/best.pt --panel --out figures photos/
+"""
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _split_methods(values) -> list[str]:
+    return [name.strip() for v in (values or ["gradcam"]) for name in v.split(",") if name.strip()]
+
+
+def cmd_explain(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from xviz.explain import resolve_layer, resolve_methods, explain_tensors
+    from xviz.explanation import safe_name, save_npy
+    from xviz.images import list_images, read_image
+    from xviz.models import load_model, torch_device
+    from xviz.render import overlay, panel, save_png
+
+    device = torch_device(args.device)
+    methods = resolve_methods(_split_methods(args.method), args.pm)
+    paths = list_images(args.images)
+    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
+    if args.batch_size < 1:
+        raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
+    out_dir = Path(args.out)
+    layer, rows, failures, used_stems = args.layer, [], [], set()
+    bar = tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2, file=sys.stderr)
+    for start in range(0, len(paths), args.batch_size):
+        batch_paths, views = [], []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                views.append(model.preprocessing.view(read_image(path)))
+                batch_paths.append(path)
+            except XvizError as exc:
+                failures.append(path)
+                tqdm.write(f"xviz: skipped: {exc}", file=sys.stderr)
+                bar.update(1)
+        if not views:
+            continue
+        batch = torch.stack([model.preprocessing.normalize(v) for v in views])
+        if any(m.uses_layer for m in methods) and layer is None:
+            layer, how = resolve_layer(model.module, None, batch.to(device), model.name, args.pm)
+            how_text = "the model's default" if how == "plugin" else "the last layer with a spatial output"
+            tqdm.write(f"explaining layer `{layer}` ({how_text}; choose another with --layer)", file=sys.stderr)
+        explanations = explain_tensors(model, batch, methods, layer=layer, target=args.target, topk=args.topk,
+                                       inputs_names=[str(p) for p in batch_paths], pm=args.pm)
+        for i, (path, view) in enumerate(zip(batch_paths, views)):
+            stem = safe_name(path.stem)
+            while stem in used_stems:
+                stem += "_"
+            used_stems.add(stem)
+            for exp in explanations:
+                for k in range(exp.topk):
+                    target_name = exp.target_names[i][k]
+                    suffix = f"_top{k + 1}-{safe_name(target_name)}" if exp.topk > 1 else ""
+                    base = out_dir / f"{stem}_{exp.method}{suffix}"
+                    heat = exp.maps[i, k]
+                    written = save_png(overlay(view, heat, args.alpha, args.cmap, exp.signed), f"{base}.png")
+                    if args.panel:
+                        title = (f"{exp.method}: predicted {exp.prediction_names[i]} ({exp.prediction_scores[i]:.1%})"
+                                 f", explaining {target_name}")
+                        save_png(panel(view, heat, title, args.alpha, args.cmap, exp.signed), f"{base}_panel.png")
+                    if args.save_raw:
+                        save_npy(exp.raw[i, k], Path(f"{base}_raw.npy"))
+                    rows.append([path.name, exp.prediction_names[i], f"{exp.prediction_scores[i]:.3f}",
+                                 f"{target_name} ({exp.scores[i, k]:.3f})", exp.method, str(written)])
+            bar.update(1)
+    bar.close()
+    if rows:
+        print(_table(rows, ["image", "predicted", "prob", "explained target (prob)", "method", "overlay"]))
+        print(f"wrote {len(rows)} overlay(s) to {out_dir}/")
+    if failures:
+        print(f"xviz: error: {len(failures)} of {len(paths)} image(s) could not be read and were skipped "
+              "(see the lines above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from xviz import registry
+
+    pm = args.pm
+    owners = {}
+    for impl in pm.hook.xviz_register_methods.get_hookimpls():
+        for m in impl.function() or ():
+            owners[m.name] = impl.plugin_name
+    rows = [[name, owners.get(name, "?"), m.summary] for name, m in sorted(registry.methods(pm).items())]
+    print(_table(rows, ["method", "plugin", "summary"]))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from xviz.models import model_registry
+
+    specs = model_registry(args.pm)
+    if args.classes:
+        from xviz.registry import lookup
+
+        spec = lookup(specs, args.classes, "model", "xviz models")
+        for i, name in enumerate(spec.class_names):
+            print(f"{i}\t{name}")
+        return 0
+    print(_table([[n, str(len(s.class_names)), s.summary] for n, s in sorted(specs.items())],
+                 ["model", "classes", "summary"]))
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from xviz import registry
+
+    rows = [[n, str(len(s.class_names)), s.summary] for n, s in sorted(registry.datasets(args.pm).items())]
+    print(_table(rows, ["dataset", "classes", "summary"]))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    rows = [[i.name, i.source, i.version] for i in args.pm.infos.values()]
+    print(_table(rows, ["plugin", "source", "version"]))
+    return 0
+
+
+def cmd_layers(args) -> int:
+    import torch
+
+    from xviz.explain import resolve_layer
+    from xviz.hooks import spatial_layers
+    from xviz.models import load_model
+
+    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm)
+    size = model.preprocessing.crop or model.preprocessing.resize or 224
+    example = torch.zeros(1, 3, size, size)
+    default, _ = resolve_layer(model.module, None, example, model.name, args.pm)
+    rows = [[name, "x".join(map(str, shape)), "default" if name == default else ""]
+            for name, shape in spatial_layers(model.module, example)]
+    print(_table(rows, ["layer", f"output (C x h x w) at {size}x{size}", ""]))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from xviz.checkpoint import save_checkpoint
+    from xviz.datasets import load_dataset
+    from xviz.models import load_model, torch_device
+    from xviz.train import fit
+
+    device = torch_device(args.device)
+    out = Path(args.out)
+    if out.suffix not in (".pt", ".pth"):
+        raise XvizError(f"`--out {out}` should name a checkpoint file ending in .pt")
+    train_set, spec = load_dataset(args.dataset, "train", root=args.data, size=args.train_size, pm=args.pm)
+    test_set, _ = load_dataset(args.dataset, "test", root=args.data, size=args.test_size, pm=args.pm)
+    model = load_model(args.model, weights=args.weights, pm=args.pm)
+    if len(model.class_names) != len(spec.class_names):
+        model = load_model(args.model, weights="none", pm=args.pm)
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "pm")}
+    print(f"training `{args.model}` on `{args.dataset}` ({len(train_set)} train / {len(test_set)} test images) on {device}")
+    history = fit(model.module, train_set, test_set, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                  device=device, seed=args.seed)
+    save_checkpoint(out, arch=model.name, state_dict=model.module.state_dict(), class_names=spec.class_names,
+                    preprocessing=spec.preprocessing, history=history, config=config)
+    print(f"test accuracy {100 * history[-1]['test_acc']:.2f}%; wrote checkpoint {out}")
+    return 0
+
+
+def build_parser(pm) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xviz", description="Visual explanations for PyTorch image models.")
+    parser.add_argument("--version", action="version", version=f"xviz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def model_args(p, default_model="resnet50"):
+        p.add_argument("--model", default=default_model, help=f"registered model name (default: {default_model}; see `xviz models`)")
+        p.add_argument("--checkpoint", help="an xviz checkpoint (overrides --model)")
+        p.add_argument("--weights", default="DEFAULT", help="DEFAULT (pretrained), none (random) or a weights PATH")
+
+    p = sub.add_parser("explain", help="explain images and write overlays", epilog=EXPLAIN_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMG|DIR", help="image files or folders")
+    p.add_argument("--method", action="append", help="method(s), comma-separated or repeated (default: gradcam)")
+    model_args(p)
+    p.add_argument("--layer", help="target layer name (default: the model's, or the last spatial layer)")
+    p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
+    p.add_argument("--topk", type=int, default=1, help="explain each image's top K classes")
+    p.add_argument("--out", default="xviz-out", help="output folder (default: xviz-out)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay (0-1)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: jet)")
+    p.add_argument("--panel", action="store_true", help="also write image | heatmap | overlay panels")
+    p.add_argument("--save-raw", action="store_true", help="also write the raw feature-size maps as .npy")
+    p.set_defaults(func=cmd_explain)
+
+    sub.add_parser("methods", help="list explanation methods").set_defaults(func=cmd_methods)
+    p = sub.add_parser("models", help="list models")
+    p.add_argument("--classes", metavar="MODEL", help="print the class names of MODEL")
+    p.set_defaults(func=cmd_models)
+    sub.add_parser("datasets", help="list datasets").set_defaults(func=cmd_datasets)
+    sub.add_parser("plugins", help="list plugins, where they come from, their versions").set_defaults(func=cmd_plugins)
+    p = sub.add_parser("layers", help="list a model's layers with spatial outputs")
+    model_args(p)
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("train", help="train a model on a registered dataset and write a checkpoint",
+                       epilog="example:\n  xviz train --model xviz-demo --weights none --dataset synthetic --epochs 15 "
+                              "--out plugins/xviz_zoo/assets/xviz-demo.pt",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", default="none", help="starting weights: none (default), DEFAULT or PATH")
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data", help="folder holding the dataset")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--train-size", type=int, help="number of training images (synthetic)")
+    p.add_argument("--test-size", type=int, help="number of test images (synthetic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.set_defaults(func=cmd_train)
+
+    pm.hook.xviz_register_commands(subparsers=sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        from xviz.registry import get_plugin_manager
+
+        pm = get_plugin_manager()
+        parser = build_parser(pm)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        args.pm = pm
+        return args.func(args) or 0
+    except XvizError as exc:
+        print(f"xviz: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xviz: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Resolve model, layer, targets and methods, run one shared pass per batch, return Explanations.
+
+    >>> import xviz
+    >>> model = xviz.load_model("xviz-demo")
+    >>> gradcam, gradcampp = xviz.explain(model, ["a.png", "b.png"], methods=["gradcam", "gradcampp"])
+    >>> gradcampp.maps.shape      # (images, targets, H, W), values in [0, 1]
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import replace
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xviz import registry
+from xviz.errors import XvizError
+from xviz.explanation import Explanation, library_versions
+from xviz.hooks import capture_layer, find_layer, first_output, preserved_state, spatial_layers
+from xviz.images import read_image
+from xviz.methods import Context, Method
+from xviz.models import LoadedModel
+
+
+def resolve_methods(names: Iterable[str | Method], pm=None) -> list[Method]:
+    """Method objects for names (``"gradcam"``) or Method instances, in order, without repeats."""
+    out: list[Method] = []
+    available = None
+    for item in names:
+        if isinstance(item, Method):
+            found = item
+        else:
+            if available is None:
+                available = registry.methods(pm or registry.get_plugin_manager())
+            found = registry.lookup(available, item, "method", "xviz methods")
+        if found.name not in {m.name for m in out}:
+            out.append(found)
+    if not out:
+        raise XvizError("no method given: use --method NAME (see `xviz methods`)")
+    return out
+
+
+def resolve_layer(model: nn.Module, layer: str | None, example: torch.Tensor, model_name: str | None = None,
+                  pm=None) -> tuple[str, str]:
+    """The target layer's name and how it was chosen: ``"given"``, ``"plugin"`` (the
+    ``xviz_default_target_layer`` hook) or ``"last spatial"`` (the last module whose output is
+    (N, C, h, w) with h * w > 1)."""
+    if layer:
+        find_layer(model, layer)
+        return layer, "given"
+    pm = pm or registry.get_plugin_manager()
+    chosen = pm.hook.xviz_default_target_layer(model=model, model_name=model_name)
+    if chosen:
+        find_layer(model, chosen)
+        return chosen, "plugin"
+    candidates = spatial_layers(model, example[:1])
+    if not candidates:
+        raise XvizError("the model has no layer with a spatial output (N, C, h, w): layer methods such as "
+                        "GradCAM do not apply to it")
+    return candidates[-1][0], "last spatial"
+
+
+def resolve_targets(logits: torch.Tensor, target=None, topk: int = 1, class_names: Sequence[str] = ()) -> torch.Tensor:
+    """(N, K) class indices: the top-``topk`` classes of each image, or ``target`` (an index or a
+    class name) for every image."""
+    n, num_classes = logits.shape
+    if topk < 1:
+        raise XvizError(f"`--topk {topk}` must be at least 1")
+    if target is not None and topk != 1:
+        raise XvizError("give either --target or --topk, not both")
+    if target is None:
+        if topk > num_classes:
+            raise XvizError(f"`--topk {topk}` exceeds the model's {num_classes} classes")
+        return logits.topk(topk, dim=1).indices
+    index = class_index(target, class_names, num_classes)
+    return torch.full((n, 1), index, dtype=torch.long, device=logits.device)
+
+
+def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
+    """A class given by index (``3``, ``"3"``) or by name (case-insensitive)."""
+    if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+        names = list(class_names)
+        if target in names:
+            return names.index(target)
+        lowered = [c.lower() for c in names]
+        if target.lower() in lowered:
+            return lowered.index(target.lower())
+        close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(f'`{c}`' for c in close)}? " if close else ""
+        raise XvizError(f"unknown class `{target}`: {hint}give a class index 0-{num_classes - 1} or a name "
+                        "from `xviz models --classes NAME`")
+    index = int(target)
+    if not 0 <= index < num_classes:
+        raise XvizError(f"class index `{index}` is out of range: the model has classes 0-{num_classes - 1}")
+    return index
+
+
+def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False) -> torch.Tensor:
+    """(N, K, h, w) -> (N, K, H, W): per map ``(x - min) / (max - min)`` (constant maps -> 0), or
+    ``x / max|x|`` when ``signed``; then bilinear upsampling (``align_corners=False``) to ``size``."""
+    raw = raw.detach().float()
+    flat = raw.flatten(2)
+    if signed:
+        scale = flat.abs().amax(-1, keepdim=True)
+        flat = torch.where(scale > 0, flat / scale.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+        low, high = -1.0, 1.0
+    else:
+        lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        span = hi - lo
+        flat = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+        low, high = 0.0, 1.0
+    maps = flat.view_as(raw)
+    if tuple(maps.shape[-2:]) != tuple(size):
+        n, k, h, w = maps.shape
+        maps = F.interpolate(maps.reshape(n * k, 1, h, w), size=size, mode="bilinear", align_corners=False)
+        maps = maps.view(n, k, *size)
+    return maps.clamp_(low, high)
+
+
+def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, methods: Sequence[str | Method] = ("gradcam",),
+                    *, layer: str | None = None, target=None, topk: int = 1, inputs_names: Sequence[str] = (),
+                    pm=None) -> list[Explanation]:
+    """Explain a batch of preprocessed images with each method; one Explanation per method.
+
+    All methods share one forward pass and (gradient methods) one ``autograd.grad`` call. The
+    model is left exactly as found: modes, ``requires_grad``, no hooks, no graph kept alive.
+    """
+    loaded = model if isinstance(model, LoadedModel) else None
+    module = loaded.module if loaded else model
+    model_name = loaded.name if loaded else type(module).__name__
+    class_names = list(loaded.class_names) if loaded else []
+    pm = pm or registry.get_plugin_manager()
+    chosen = resolve_methods(methods, pm)
+    if inputs.dim() != 4:
+        raise XvizError(f"inputs must be a (N, 3, H, W) batch, got shape {tuple(inputs.shape)}")
+    device = next(module.parameters(), torch.empty(0)).device
+    inputs = inputs.to(device)
+    needs_layer = any(m.uses_layer for m in chosen)
+    layer_name = None
+    if needs_layer:
+        layer_name, _ = resolve_layer(module, layer, inputs, loaded.name if loaded else None, pm)
+
+    with torch.inference_mode(False), torch.enable_grad(), preserved_state(module):
+        if inputs.is_inference():
+            inputs = inputs.clone()
+        if needs_layer:
+            with capture_layer(find_layer(module, layer_name)) as captured:
+                logits = first_output(module(inputs))
+            activation = captured.activation
+            if activation is None:
+                raise XvizError(f"layer `{layer_name}` did not run in the forward pass: choose another --layer")
+        else:
+            logits, activation = first_output(module(inputs)), None
+        if logits.dim() != 2:
+            raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
+        if not class_names:
+            class_names = [str(i) for i in range(logits.shape[1])]
+        targets = resolve_targets(logits.detach(), target, topk, class_names)
+        ctx = Context(module, inputs, logits, targets, layer_name, activation)
+        try:
+            raws = []
+            for m in chosen:
+                if m.uses_layer and activation.dim() != 4:
+                    raise XvizError(f"layer `{layer_name}` outputs shape {tuple(activation.shape)}, not (N, C, h, w): "
+                                    f"`{m.name}` needs a convolutional layer (see `xviz layers`)")
+                raws.append(m.compute(ctx).detach())
+        finally:
+            ctx.release()
+
+    probs = torch.softmax(logits.detach().float(), dim=1)
+    del logits, activation
+    top_p, top_i = probs.max(dim=1)
+    t = targets.cpu().numpy()
+    common = dict(
+        model=model_name,
+        targets=t,
+        target_names=tuple(tuple(class_names[j] for j in row) for row in t),
+        scores=probs.gather(1, targets).cpu().numpy(),
+        predictions=top_i.cpu().numpy(),
+        prediction_names=tuple(class_names[j] for j in top_i.tolist()),
+        prediction_scores=top_p.cpu().numpy(),
+        inputs=tuple(str(n) for n in inputs_names),
+        versions=library_versions(),
+    )
+    size = tuple(inputs.shape[-2:])
+    out = []
+    for m, raw in zip(chosen, raws):
+        if raw.dim() != 4 or raw.shape[:2] != targets.shape:
+            raise RuntimeError(f"method `{m.name}` returned shape {tuple(raw.shape)}, expected (N, K, h, w) = "
+                               f"{tuple(targets.shape)} + (h, w)")
+        out.append(Explanation(
+            method=m.name, layer=layer_name if m.uses_layer else None, signed=m.signed,
+            raw=raw.float().cpu().numpy(), maps=normalize_maps(raw, size, m.signed).cpu().numpy(), **common,
+        ))
+    return out
+
+
+def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+            layer: str | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
+    """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
+    method covering all images."""
+    from PIL import Image
+
+    pm = pm or registry.get_plugin_manager()
+    pil = [im if isinstance(im, Image.Image) else read_image(im) for im in images]
+    names = [getattr(im, "filename", "") or "" if isinstance(im, Image.Image) else str(im) for im in images]
+    parts: list[list[Explanation]] = []
+    for start in range(0, len(pil), batch_size):
+        batch = torch.stack([model.preprocessing.tensor(im) for im in pil[start:start + batch_size]])
+        if layer is None and any(m.uses_layer for m in resolve_methods(methods, pm)):
+            layer, _ = resolve_layer(model.module, None, batch, model.name, pm)  # once, not per batch
+        parts.append(explain_tensors(model, batch, methods, layer=layer, target=target, topk=topk,
+                                     inputs_names=names[start:start + batch_size], pm=pm))
+    return [concat(list(group)) for group in zip(*parts)]
+
+
+def concat(explanations: list[Explanation]) -> Explanation:
+    """Join explanations of consecutive batches by one method into one."""
+    if len(explanations) == 1:
+        return explanations[0]
+    first = explanations[0]
+    cat = lambda attr: np.concatenate([getattr(e, attr) for e in explanations])  # noqa: E731
+    join = lambda attr: tuple(x for e in explanations for x in getattr(e, attr))  # noqa: E731
+    return replace(first, raw=cat("raw"), maps=cat("maps"), targets=cat("targets"), scores=cat("scores"),
+                   predictions=cat("predictions"), prediction_scores=cat("prediction_scores"),
+                   target_names=join("target_names"), prediction_names=join("prediction_names"),
+                   inputs=join("inputs"))

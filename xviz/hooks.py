@@ -1,0 +1,118 @@
+"""Capture a layer's activation for gradients, and leave the model exactly as it was found.
+
+``capture_layer`` replaces the layer's output by a *detached leaf that requires grad* and hands a
+copy downstream. Hence: gradients can be taken to the activation alone (never to parameters,
+never through earlier layers), it works under ``torch.no_grad()`` and on frozen models, and an
+in-place op after the layer (``ReLU(inplace=True)``) cannot overwrite what was captured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xviz.errors import XvizError
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module):
+    """Put ``model`` in eval mode with frozen parameters; restore every module's ``training`` flag
+    and every parameter's ``requires_grad`` on exit, whatever happens inside."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires in grads:
+            p.requires_grad_(requires)
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (as in ``named_modules()``), or an error naming close ones."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=4, cutoff=0.4)
+    hint = f" Close names: {', '.join(f'`{c}`' for c in close)}." if close else ""
+    raise XvizError(f"the model has no layer `{name}`.{hint} `xviz layers --model NAME` lists them")
+
+
+@dataclass
+class Captured:
+    activation: torch.Tensor | None = None
+    calls: int = 0
+
+
+@contextlib.contextmanager
+def capture_layer(layer: nn.Module):
+    """Record ``layer``'s output (first tensor of a tuple) as a grad-requiring leaf; removes the
+    hook on exit. If the layer runs several times in one forward, the last call is kept."""
+    captured = Captured()
+
+    def hook(module, args, output):
+        tensor = output[0] if isinstance(output, (tuple, list)) else output
+        if not torch.is_tensor(tensor):
+            raise XvizError(f"layer `{type(module).__name__}` returns {type(tensor).__name__}, not a tensor")
+        leaf = tensor.detach().requires_grad_(True)
+        captured.activation = leaf
+        captured.calls += 1
+        passed_on = leaf.clone()
+        if isinstance(output, tuple):
+            return (passed_on, *output[1:])
+        if isinstance(output, list):
+            return [passed_on, *output[1:]]
+        return passed_on
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def first_output(output) -> torch.Tensor:
+    """Class scores from a model's output: the tensor itself, a tuple's first element, a dict's
+    ``logits`` (or ``out``), or an object's ``.logits``."""
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, dict):
+        for key in ("logits", "out"):
+            if key in output:
+                return output[key]
+        raise XvizError(f"the model returns a dict with keys {sorted(output)}: xviz needs `logits` or `out`")
+    if isinstance(output, (tuple, list)) and output:
+        return first_output(output[0])
+    if hasattr(output, "logits"):
+        return output.logits
+    raise XvizError(f"the model returns {type(output).__name__}: xviz needs class scores as a tensor")
+
+
+def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """Modules whose output is (N, C, h, w) with h * w > 1, in the order they finish, with shapes.
+
+    Runs one forward pass of ``example`` under ``no_grad`` with temporary hooks."""
+    names = {m: n for n, m in model.named_modules() if n}
+    order: list[tuple[str, tuple[int, ...]]] = []
+
+    def hook(module, args, output):
+        t = output[0] if isinstance(output, (tuple, list)) and output else output
+        if torch.is_tensor(t) and t.dim() == 4 and t.shape[2] * t.shape[3] > 1:
+            order.append((names[module], tuple(t.shape[1:])))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with preserved_state(model), torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order

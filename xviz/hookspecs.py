@@ -1,0 +1,70 @@
+"""The xviz plugin contract: every hook a plugin may implement.
+
+Each function below is a *specification*: its signature and docstring are the reference.
+Hooks are always called with keyword arguments; an implementation may accept any subset of
+them. Implement one with ``@xviz.hookimpl`` in a module or class that you register through the
+``xviz`` entry-point group::
+
+    # pyproject.toml of your plugin
+    [project.entry-points.xviz]
+    my_plugin = "my_plugin"
+
+Built-in plugins (``plugins/xviz_*``) use exactly these hooks.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("xviz")
+
+
+@hookspec
+def xviz_register_methods():
+    """Return explanation methods this plugin provides.
+
+    :returns: a list of :class:`xviz.methods.Method` instances. Each method's ``name`` must be
+        unique across all plugins; two plugins claiming one name is an error naming both.
+    """
+
+
+@hookspec
+def xviz_register_models():
+    """Return models this plugin provides.
+
+    :returns: a list of :class:`xviz.models.ModelSpec`: a name, a builder
+        ``build(weights, num_classes) -> nn.Module``, and how to get its preprocessing and
+        class names. Names are unique across plugins.
+    """
+
+
+@hookspec
+def xviz_register_datasets():
+    """Return datasets this plugin provides.
+
+    :returns: a list of :class:`xviz.datasets.DatasetSpec`: a name, a builder
+        ``build(split, root, **options) -> torch.utils.data.Dataset`` yielding
+        ``(image_tensor, label)``, the class names and the normalisation. Names are unique.
+    """
+
+
+@hookspec(firstresult=True)
+def xviz_default_target_layer(model, model_name):
+    """Choose the layer to explain when the user names none.
+
+    :param model: the ``torch.nn.Module`` being explained.
+    :param model_name: its registered name, or ``None`` for a bare module.
+    :returns: a module name from ``model.named_modules()`` or ``None`` to let another plugin
+        (or xviz's fallback: the last module with a spatial output) decide.
+        Stops at the first non-``None`` result.
+    """
+
+
+@hookspec
+def xviz_register_commands(subparsers):
+    """Add subcommands to the ``xviz`` command line.
+
+    :param subparsers: the ``argparse`` sub-parser collection of the ``xviz`` parser. Add a
+        parser with ``subparsers.add_parser(name, help=...)`` and set
+        ``parser.set_defaults(func=callable)``; the callable receives the parsed
+        ``argparse.Namespace`` and returns an exit code (``None`` means 0). Raise
+        :class:`xviz.errors.XvizError` for a user's mistake.
+    """

@@ -1,0 +1,159 @@
+"""Read any common image as RGB, and the preprocessing that turns it into a model input.
+
+``read_image`` accepts JPEG, PNG, WebP, BMP and TIFF; honours the EXIF orientation; converts
+grayscale, palette, RGBA (composited on white), CMYK and 16-bit images to 8-bit RGB.
+``Preprocessing`` is data (resize, crop, mean, std), taken from the model's registered weights or
+checkpoint, never hard-coded: ``view`` gives the image the model sees (for drawing overlays) and
+``tensor`` the normalised input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from xviz.errors import XvizError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MIN_SIDE = 8
+MAX_PIXELS = 400_000_000  # 20000 x 20000; beyond that a decode alone needs over a GiB
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image, upright as its EXIF orientation says."""
+    path = Path(path)
+    if not path.exists():
+        raise XvizError(f"image `{path}` does not exist: check the path")
+    if path.is_dir():
+        raise XvizError(f"`{path}` is a folder, not an image")
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if min(img.size) < MIN_SIDE:
+                    raise XvizError(
+                        f"image `{path}` is {img.size[0]}x{img.size[1]} pixels: too small to explain "
+                        f"(at least {MIN_SIDE}x{MIN_SIDE} needed)"
+                    )
+                img.draft("RGB", (4096, 4096))  # JPEG: decode huge photos at a reduced scale
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except UnidentifiedImageError:
+        raise XvizError(
+            f"`{path}` is not an image xviz can read (supported: {', '.join(IMAGE_SUFFIXES)})"
+        ) from None
+    except Image.DecompressionBombError:
+        raise XvizError(f"image `{path}` has over {MAX_PIXELS:,} pixels: downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise XvizError(f"image `{path}` is damaged or truncated ({exc}): re-export or replace it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; 16/32-bit values are scaled, transparency goes on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() <= 65535 else values.max()
+        if img.mode == "F":
+            lo, hi = float(values.min()), float(values.max())
+            values, top = values - lo, (hi - lo) or 1.0
+        img = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def list_images(paths) -> list[Path]:
+    """Expand files and folders (not recursive) into a sorted list of image files."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise XvizError(f"folder `{p}` holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+_INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize``, center-crop ``crop`` x ``crop``, scale to [0, 1],
+    then normalise: ``x = (pixel / 255 - mean) / std`` per channel.
+
+    ``resize=None`` skips resizing; ``crop=None`` skips cropping.
+    """
+
+    resize: int | None
+    crop: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+    def view(self, img: Image.Image) -> Image.Image:
+        """The image as the model sees it, before normalisation (what overlays are drawn on)."""
+        if self.resize:
+            w, h = img.size
+            scale = self.resize / min(w, h)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            img = img.resize(size, _INTERPOLATIONS[self.interpolation], reducing_gap=3.0)
+        if self.crop:
+            img = ImageOps.fit(img, (self.crop, self.crop), centering=(0.5, 0.5)) if min(img.size) < self.crop \
+                else _center_crop(img, self.crop)
+        return img
+
+    def normalize(self, view: Image.Image):
+        """``(pixel / 255 - mean) / std`` as a (3, H, W) float tensor."""
+        import torch
+
+        x = torch.from_numpy(np.asarray(view, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
+        return (x - mean) / std
+
+    def tensor(self, img: Image.Image):
+        """The normalised (3, H, W) model input for ``img``."""
+        return self.normalize(self.view(img))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            resize=d.get("resize"),
+            crop=d.get("crop"),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            interpolation=d.get("interpolation", "bilinear"),
+        )
+
+    @classmethod
+    def from_transforms(cls, t) -> "Preprocessing":
+        """From a torchvision weights' ``transforms()`` (``ImageClassification``)."""
+        resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
+        crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
+        interpolation = getattr(t.interpolation, "value", str(t.interpolation))
+        return cls(int(resize), int(crop), tuple(t.mean), tuple(t.std), interpolation)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))

@@ -1,0 +1,147 @@
+"""Model names and checkpoints -> a module with its preprocessing and class names.
+
+Plugins register :class:`ModelSpec` through ``xviz_register_models``. :func:`load_model` resolves
+``--model NAME --weights DEFAULT|none|PATH`` or ``--checkpoint PATH`` into a :class:`LoadedModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from xviz import registry
+from xviz.checkpoint import read_checkpoint
+from xviz.errors import XvizError
+from xviz.images import Preprocessing
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-explain model: the module, how to preprocess its input, and its class names."""
+
+    module: nn.Module
+    name: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+    source: str = ""  # where the weights came from, for messages and provenance
+    checkpoint: dict = field(default_factory=dict, repr=False)  # metadata (history, config), no weights
+
+    def to(self, device) -> "LoadedModel":
+        self.module.to(device)
+        return self
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model.
+
+    * ``build(num_classes) -> nn.Module``: the architecture, randomly initialised.
+    * ``pretrained(weights) -> LoadedModel``: the model with named pretrained weights (``"DEFAULT"``
+      or an enum name like ``"IMAGENET1K_V1"``); ``None`` when there are none.
+    * ``preprocessing``, ``class_names``: used with ``--weights none`` or a bare state dict.
+    """
+
+    name: str
+    build: Callable[[int], nn.Module]
+    preprocessing: Preprocessing
+    class_names: Sequence[str]
+    summary: str = ""
+    pretrained: Callable[[str], LoadedModel] | None = None
+    family: str = ""
+
+
+def model_registry(pm=None) -> dict[str, ModelSpec]:
+    return registry.models(pm or registry.get_plugin_manager())
+
+
+def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint: str | Path | None = None,
+               pm=None) -> LoadedModel:
+    """Resolve a model by name and weights, or from an xviz checkpoint.
+
+    ``weights``: ``"DEFAULT"`` (or another named set) for the model's pretrained weights,
+    ``"none"`` for random initialisation, or a path to a checkpoint / state dict of this
+    architecture.
+    """
+    specs = model_registry(pm)
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, specs)
+    if name is None:
+        raise XvizError("no model given: use --model NAME (see `xviz models`) or --checkpoint PATH")
+    spec = registry.lookup(specs, name, "model", "xviz models")
+    if weights.lower() == "none":
+        return LoadedModel(spec.build(len(spec.class_names)), spec.name, list(spec.class_names), spec.preprocessing,
+                           "random initialisation")
+    if Path(weights).suffix in (".pt", ".pth", ".ckpt", ".bin") or Path(weights).exists():
+        return _load_weights_file(spec, Path(weights), specs)
+    if spec.pretrained is None:
+        raise XvizError(f"model `{name}` has no pretrained weights `{weights}`: use --weights none or a checkpoint PATH")
+    return spec.pretrained(weights)
+
+
+def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None) -> LoadedModel:
+    """Rebuild the model an xviz checkpoint describes and load its weights."""
+    specs = specs if specs is not None else model_registry()
+    data = read_checkpoint(path)
+    arch = data.get("arch")
+    if arch is None:
+        raise XvizError(
+            f"`{path}` is a bare state dict with no architecture: use --model NAME --weights {path}"
+        )
+    if arch not in specs:
+        raise XvizError(f"checkpoint `{path}` is for model `{arch}`, which no installed plugin provides "
+                        "(`xviz models` lists them)")
+    return _assemble(specs[arch], data, Path(path))
+
+
+def _load_weights_file(spec: ModelSpec, path: Path, specs) -> LoadedModel:
+    data = read_checkpoint(path)
+    arch = data.get("arch")
+    if arch is not None and arch != spec.name:
+        raise XvizError(f"`{path}` holds weights of model `{arch}`, not `{spec.name}`: use --model {arch} "
+                        f"or --checkpoint {path}")
+    return _assemble(spec, data, path)
+
+
+def _assemble(spec: ModelSpec, data: dict, path: Path) -> LoadedModel:
+    class_names = list(data.get("class_names") or spec.class_names)
+    state = data["state_dict"]
+    module = spec.build(len(class_names))
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
+    result = module.load_state_dict(state, strict=False)
+    shape_errors = [k for k, v in state.items()
+                    if k in module.state_dict() and module.state_dict()[k].shape != v.shape]
+    if result.missing_keys or result.unexpected_keys or shape_errors:
+        raise XvizError(_mismatch_message(spec.name, path, result, shape_errors))
+    pre = data.get("preprocessing")
+    preprocessing = Preprocessing.from_dict(pre) if pre else spec.preprocessing
+    meta = {k: v for k, v in data.items() if k != "state_dict"}
+    return LoadedModel(module, spec.name, class_names, preprocessing, str(path), meta)
+
+
+def _mismatch_message(name: str, path: Path, result, shape_errors) -> str:
+    parts = []
+    if result.missing_keys:
+        parts.append(f"{len(result.missing_keys)} missing (e.g. `{result.missing_keys[0]}`)")
+    if result.unexpected_keys:
+        parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. `{result.unexpected_keys[0]}`)")
+    if shape_errors:
+        parts.append(f"{len(shape_errors)} of another shape (e.g. `{shape_errors[0]}`)")
+    return (f"the weights in `{path}` do not fit model `{name}`: {', '.join(parts)}; "
+            "they belong to another architecture: pick the matching --model")
+
+
+def torch_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XvizError("`--device cuda` was asked for but no CUDA GPU is available: use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise XvizError(f"unknown device `{name}`: use auto, cpu or cuda") from None

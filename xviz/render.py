@@ -1,0 +1,127 @@
+"""Drawing explanations with matplotlib colormaps: overlays, panels, grids; atomic PNG writes.
+
+A heatmap is a float array: in [0, 1] for maps, or in [-1, 1] for signed attributions (drawn
+with a diverging colormap centred on zero).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xviz.errors import XvizError
+
+DEFAULT_CMAP = "jet"
+DEFAULT_SIGNED_CMAP = "bwr"
+
+
+def get_cmap(name: str):
+    import matplotlib
+
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise XvizError(
+            f"unknown colormap `{name}`: use a matplotlib colormap such as jet, turbo, viridis, inferno, bwr"
+        ) from None
+
+
+def colorize(heatmap: np.ndarray, cmap: str = DEFAULT_CMAP, signed: bool = False) -> np.ndarray:
+    """Map a (H, W) heatmap to (H, W, 3) uint8 RGB; signed maps go from [-1, 1] to [0, 1] first."""
+    values = np.asarray(heatmap, dtype=np.float32)
+    values = (values + 1.0) / 2.0 if signed else values
+    rgba = get_cmap(cmap)(np.clip(values, 0.0, 1.0))
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def _as_rgb_array(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+
+
+def _fit(heatmap: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    if heatmap.shape == size_hw:
+        return heatmap
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        (size_hw[1], size_hw[0]), Image.BILINEAR
+    )
+    return np.asarray(resized)
+
+
+def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * colormap(heatmap)`` as uint8 RGB at the image's size."""
+    if not 0.0 <= alpha <= 1.0:
+        raise XvizError(f"`--alpha {alpha}` is outside [0, 1]: 0 shows only the image, 1 only the heatmap")
+    rgb = _as_rgb_array(image).astype(np.float32)
+    heat = colorize(_fit(heatmap, rgb.shape[:2]), cmap, signed).astype(np.float32)
+    return ((1.0 - alpha) * rgb + alpha * heat + 0.5).astype(np.uint8)
+
+
+def panel(image, heatmap: np.ndarray, title: str = "", alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
+    """A figure of three panels: image | heatmap | overlay, ``title`` above (e.g. the prediction)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    axes[0].imshow(_as_rgb_array(image))
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(colorize(heatmap, cmap, signed))
+    axes[1].set_title("heatmap", fontsize=9)
+    axes[2].imshow(overlay(image, heatmap, alpha, cmap, signed))
+    axes[2].set_title("overlay", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
+    """A figure with one overlay per image, ``ncols`` per row, each with its title."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    if n == 0:
+        raise XvizError("nothing to draw: the grid got no images")
+    ncols = max(1, min(ncols, n))
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(overlay(images[i], heatmaps[i], alpha, cmap, signed))
+            if titles:
+                ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_png(picture, path: str | Path, dpi: int = 110) -> Path:
+    """Write an RGB array, a PIL image or a matplotlib figure (closed afterwards) as a PNG."""
+    if hasattr(picture, "savefig"):
+        import matplotlib.pyplot as plt
+
+        try:
+            return atomic_write(path, lambda tmp: picture.savefig(tmp, format="png", dpi=dpi))
+        finally:
+            plt.close(picture)
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture, dtype=np.uint8))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
