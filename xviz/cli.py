@@ -38,7 +38,7 @@ def cmd_explain(args) -> int:
     from xviz.explanation import safe_name, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
-    from xviz.render import overlay, panel, save_png
+    from xviz.render import enlarge, overlay, panel, save_png
 
     device = torch_device(args.device)
     methods = resolve_methods(_split_methods(args.method), args.pm)
@@ -79,7 +79,7 @@ def cmd_explain(args) -> int:
                     suffix = f"_top{k + 1}-{safe_name(target_name)}" if exp.topk > 1 else ""
                     base = out_dir / f"{stem}_{exp.method}{suffix}"
                     heat = exp.maps[i, k]
-                    written = save_png(overlay(view, heat, args.alpha, args.cmap, exp.signed), f"{base}.png")
+                    written = save_png(enlarge(overlay(view, heat, args.alpha, args.cmap, exp.signed)), f"{base}.png")
                     if args.panel:
                         title = (f"{exp.method}: predicted {exp.prediction_names[i]} ({exp.prediction_scores[i]:.1%})"
                                  f", explaining {target_name}")

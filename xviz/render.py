@@ -60,6 +60,12 @@ def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = DEFAULT_
     return ((1.0 - alpha) * rgb + alpha * heat + 0.5).astype(np.uint8)
 
 
+def enlarge(picture: np.ndarray, min_side: int = 256) -> np.ndarray:
+    """Repeat pixels by the smallest integer factor that makes the shorter side >= ``min_side``."""
+    factor = -(-min_side // min(picture.shape[:2]))
+    return picture if factor <= 1 else picture.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def panel(image, heatmap: np.ndarray, title: str = "", alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
     """A figure of three panels: image | heatmap | overlay, ``title`` above (e.g. the prediction)."""
     import matplotlib.pyplot as plt
@@ -107,6 +113,9 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,257 @@
+"""GradCAM and GradCAM++ against independent references, and the promises of the shared pass."""
+
+import copy
+import gc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xviz.errors import XvizError
+from xviz.explain import explain_tensors, normalize_maps
+
+from conftest import TinyCNN
+
+
+def run(model, x, methods=("gradcam",), **kw):
+    return {e.method: e for e in explain_tensors(model, x, list(methods), **kw)}
+
+
+def closed_form_gradcampp(model, x, layer, targets):
+    """GradCAM++ eq. 19 recomputed literally in float64: alpha = G^2 / (2 G^2 + sum_ab A_ab G^3)."""
+    m = copy.deepcopy(model).double().eval()
+    store = {}
+    dict(m.named_modules())[layer].register_forward_hook(lambda mod, i, o: store.__setitem__("a", o))
+    logits = m(x.double())
+    a = store["a"]
+    (g,) = torch.autograd.grad(logits.gather(1, targets.view(-1, 1)).sum(), a)
+    g2, g3 = g ** 2, g ** 3
+    denominator = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
+    alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
+    w = (alpha * torch.relu(g)).sum(dim=(2, 3))
+    cam = torch.relu((w[:, :, None, None] * a).sum(1))
+    return normalize_maps(cam[:, None].double(), tuple(x.shape[-2:]))[:, 0].numpy()
+
+
+def test_gradcam_raw_equals_captum_layergradcam(tiny, images):
+    from captum.attr import LayerGradCam
+
+    exp = run(tiny, images, layer="body.4")["gradcam"]
+    ref = LayerGradCam(tiny, tiny.body[4]).attribute(images, target=torch.as_tensor(exp.targets[:, 0]),
+                                                     relu_attributions=True)
+    ref = ref[:, 0].detach().numpy()
+    assert exp.raw.shape == (4, 1, 16, 16)
+    assert np.abs(ref).max() > 1e-3
+    assert np.abs(exp.raw[:, 0] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+def test_maps_equal_pytorch_grad_cam_at_input_size(tiny, images, method):
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method == "gradcampp":  # scores ~1e4 make pytorch-grad-cam's +1e-6 in alpha negligible (it is not at ~1)
+        with torch.no_grad():
+            tiny.head[3].weight.mul_(200)
+    exp = run(tiny, images, [method], layer="body.4")[method]
+    peer_cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
+    peer_model = copy.deepcopy(tiny)
+    with peer_cls(model=peer_model, target_layers=[peer_model.body[4]]) as cam:
+        ref = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in exp.targets[:, 0]])
+    assert exp.maps.shape == (4, 1, 16, 16) and ref.shape == (4, 16, 16)
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+
+
+def test_gradcampp_equals_closed_form_in_float64_on_a_random_resnet():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(3, 3, 96, 96)
+    exp = run(model, x, ["gradcampp"], layer="layer4")["gradcampp"]
+    ref = closed_form_gradcampp(model, x, "layer4", torch.as_tensor(exp.targets[:, 0]))
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+    assert ref.max() > 0.99  # a real map, not all zeros
+
+
+def test_gradcampp_equals_closed_form_on_the_demo_model(demo):
+    from xviz.data.synthetic import SyntheticParts
+
+    data = SyntheticParts("test", size=8, preprocessing=demo.preprocessing)
+    x = torch.stack([data[i][0] for i in range(8)])
+    exp = run(demo, x, ["gradcampp"])["gradcampp"]
+    ref = closed_form_gradcampp(demo.module, x, "features", torch.as_tensor(exp.targets[:, 0]))
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+
+
+def test_topk_in_one_pass_equals_one_target_at_a_time(tiny, images, monkeypatch):
+    calls = {"forward": 0, "grad": 0}
+    tiny.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grad"] += 1
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    both = run(tiny, images, ["gradcam", "gradcampp"], layer="body.4", topk=3)
+    assert calls == {"forward": 1, "grad": 1}
+    monkeypatch.setattr(torch.autograd, "grad", real_grad)
+    for method, exp in both.items():
+        assert exp.maps.shape == (4, 3, 16, 16)
+        logits = tiny(images)
+        assert (exp.targets == logits.topk(3, dim=1).indices.numpy()).all()
+        for k in range(3):
+            for i in range(4):
+                single = run(tiny, images[i:i + 1], [method], layer="body.4", target=int(exp.targets[i, k]))[method]
+                assert np.abs(single.raw[0, 0] - exp.raw[i, k]).max() <= 1e-5 * max(1e-12, np.abs(single.raw).max())
+
+
+def test_target_by_name_and_index(demo):
+    x = torch.randn(2, 3, 64, 64)
+    by_name = run(demo, x, target="Winged")["gradcam"]
+    by_index = run(demo, x, target="2")["gradcam"]
+    assert by_name.target_names == (("winged",), ("winged",))
+    np.testing.assert_array_equal(by_name.maps, by_index.maps)
+    with pytest.raises(XvizError, match="unknown class `wingd`.*`winged`"):
+        run(demo, x, target="wingd")
+    with pytest.raises(XvizError, match="out of range"):
+        run(demo, x, target="6")
+
+
+def test_scores_and_predictions_are_softmax_probabilities(tiny, images):
+    exp = run(tiny, images, topk=2, layer="body.4")["gradcam"]
+    probs = torch.softmax(tiny(images), 1).detach()
+    np.testing.assert_allclose(exp.prediction_scores, probs.max(1).values.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(exp.scores[:, 0], exp.prediction_scores, rtol=1e-6)
+    assert (exp.scores[:, 0] >= exp.scores[:, 1]).all()
+
+
+def _inplace_free(model):
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return twin
+
+
+@pytest.mark.parametrize("layer", ["features.28", "features.29"])
+def test_inplace_relu_after_the_layer_on_vgg16(layer):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    got = run(model, x, ["gradcam", "gradcampp"], layer=layer)
+    ref = run(_inplace_free(model), x, ["gradcam", "gradcampp"], layer=layer)
+    for method in got:
+        np.testing.assert_allclose(got[method].raw, ref[method].raw, rtol=1e-5, atol=1e-12)
+        assert got[method].raw.max() > 0
+    assert model.features[29].inplace  # untouched
+
+
+class TupleOut(nn.Module):
+    def __init__(self, inner, kind):
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        logits = self.inner(x)
+        return (logits, x.mean()) if self.kind == "tuple" else {"aux": x.mean(), "logits": logits}
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict"])
+def test_models_returning_tuples_or_dicts(tiny, images, kind):
+    plain = run(tiny, images, layer="body.4")["gradcam"]
+    wrapped = run(TupleOut(tiny, kind), images, layer="inner.body.4")["gradcam"]
+    np.testing.assert_array_equal(plain.raw, wrapped.raw)
+
+
+def _state(model):
+    return ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
+            [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()])
+
+
+def test_model_left_exactly_as_found(images):
+    model = TinyCNN()
+    model.train()
+    model.body[1].eval()
+    model.body[0].weight.requires_grad_(False)
+    before = _state(model)
+    bn_stats = model.body[1].running_mean.clone()
+    reference = run(TinyCNN().eval(), images, layer="body.4")["gradcam"]
+    exp = run(model, images, ["gradcam", "gradcampp"], layer="body.4", topk=2)["gradcam"]
+    assert _state(model) == before
+    assert torch.equal(model.body[1].running_mean, bn_stats)  # explained in eval mode: BN stats untouched
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradients
+    np.testing.assert_allclose(exp.raw[:, 0], reference.raw[:, 0], rtol=1e-5, atol=1e-9)  # eval mode, no dropout
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "frozen"])
+def test_works_without_grad(tiny, images, context):
+    expected = run(tiny, images, ["gradcampp"], layer="body.4")["gradcampp"]
+    if context == "frozen":
+        for p in tiny.parameters():
+            p.requires_grad_(False)
+        got = run(tiny, images, ["gradcampp"], layer="body.4")["gradcampp"]
+        assert not any(p.requires_grad for p in tiny.parameters())
+    else:
+        ctx = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+        with ctx:
+            x = images.clone()
+            got = run(tiny, x, ["gradcampp"], layer="body.4")["gradcampp"]
+    np.testing.assert_array_equal(got.maps, expected.maps)
+
+
+def _live_tensors():
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+
+def test_no_memory_growth_over_200_calls(tiny, images):
+    run(tiny, images, ["gradcam", "gradcampp"], layer="body.4", topk=2)
+    before = _live_tensors()
+    for _ in range(200):
+        run(tiny, images, ["gradcam", "gradcampp"], layer="body.4", topk=2)
+    assert _live_tensors() - before <= 2
+
+
+def test_automatic_layer_is_the_last_spatial_module(tiny, images, pm):
+    from xviz.explain import resolve_layer
+
+    assert resolve_layer(tiny, None, images, None, pm) == ("body", "last spatial")
+    exp = run(tiny, images, pm=pm)["gradcam"]
+    assert exp.layer == "body" and exp.raw.shape[-2:] == (8, 8)
+
+
+def test_default_layer_of_registered_models(pm):
+    import torchvision
+
+    from xviz.explain import resolve_layer
+
+    x = torch.zeros(1, 3, 32, 32)
+    assert resolve_layer(torchvision.models.resnet18(), None, x, "resnet18", pm) == ("layer4", "plugin")
+    assert resolve_layer(torchvision.models.vgg16(), None, x, "vgg16", pm) == ("features.29", "plugin")
+
+
+def test_bad_layers(tiny, images):
+    with pytest.raises(XvizError, match=r"no layer `body\.9`.*`body\.\d`"):
+        run(tiny, images, layer="body.9")
+    with pytest.raises(XvizError, match=r"layer `head\.3` outputs shape \(4, 5\)"):
+        run(tiny, images, layer="head.3")
+
+
+def test_unknown_method(tiny, images):
+    with pytest.raises(XvizError, match="unknown method `gradcamm`: did you mean `gradcam`"):
+        run(tiny, images, ["gradcamm"])
+
+
+def test_normalize_maps_closed_form():
+    raw = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[2.0, 2.0], [2.0, 2.0]]]])
+    maps = normalize_maps(raw, (2, 2))
+    np.testing.assert_allclose(maps[0, 0].numpy(), [[0.0, 0.5], [0.25, 1.0]])
+    assert maps[1].abs().sum() == 0  # a constant map carries no information
+    up = normalize_maps(raw[:1], (4, 4))
+    np.testing.assert_allclose(up[0, 0].numpy(), F.interpolate(maps[:1], size=(4, 4), mode="bilinear")[0, 0].numpy())

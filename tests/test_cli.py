@@ -1,0 +1,199 @@
+"""The command line as a user meets it: outputs, tables, and one clear line for every bad input."""
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xviz.data.synthetic import sample
+
+SAMPLES = Path(__file__).resolve().parents[1] / "plugins" / "xviz_zoo" / "assets" / "samples"
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i, fmt in enumerate(["png", "jpg", "webp"]):
+        Image.fromarray(sample(i, "test").image).save(folder / f"creature{i}.{fmt}")
+    return folder
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("xviz: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_explain_folder_writes_overlays_and_prints_the_table(run_cli, pictures, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--method", "gradcam,gradcampp", "--panel",
+                                "--save-raw", "--out", out, pictures)
+    assert code == 0, err
+    assert "explaining layer `features` (the model's default" in err
+    for i in range(3):
+        for method in ("gradcam", "gradcampp"):
+            png = out / f"creature{i}_{method}.png"
+            with Image.open(png) as im:
+                assert im.format == "PNG" and im.mode == "RGB" and min(im.size) >= 64
+            with Image.open(out / f"creature{i}_{method}_panel.png") as im:
+                assert im.format == "PNG" and im.size[0] > 500
+            assert np.load(out / f"creature{i}_{method}_raw.npy").shape == (16, 16)
+            assert str(png) in stdout
+    header = stdout.splitlines()[0].split()
+    assert header[:4] == ["image", "predicted", "prob", "explained"]
+    assert "creature0.png  horned" in stdout  # the bundled model recognises its classes
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_topk_writes_one_overlay_per_target(run_cli, pictures, tmp_path):
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--topk", "3", "--out", tmp_path / "o",
+                                pictures / "creature1.jpg")
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert len(written) == 3 and written[0].startswith("creature1_gradcam_top1-tailed")
+
+
+def test_folder_with_a_bad_file_explains_the_rest(run_cli, pictures, tmp_path):
+    (pictures / "broken.jpg").write_text("this is not a picture")
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--out", tmp_path / "o", pictures)
+    assert code == 2
+    assert "xviz: skipped: `" in err and "broken.jpg` is not an image" in err
+    assert "1 of 4 image(s) could not be read" in err
+    assert "Traceback" not in err
+    assert len(list((tmp_path / "o").glob("creature*_gradcam.png"))) == 3
+
+
+def _truncated_png(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(sample(0, "test").image).resize((256, 256)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("missing", ["`nowhere.png` does not exist"]),
+    ("text", ["is not an image xviz can read"]),
+    ("truncated", ["is damaged or truncated"]),
+    ("tiny", ["is 1x1 pixels: too small to explain"]),
+    ("method", ["unknown method `gradcamz`: did you mean `gradcam`"]),
+    ("model", ["unknown model `resnet5O`", "`xviz models` lists them"]),
+    ("layer", ["no layer `features.99`", "`xviz layers"]),
+    ("class", ["unknown class `dragon`"]),
+    ("topk", ["exceeds the model's 6 classes"]),
+    ("cmap", ["unknown colormap `jett`"]),
+])
+def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, case, fragments):
+    good = tmp_path / "good.png"
+    Image.fromarray(sample(0, "test").image).save(good)
+    args = {
+        "missing": ["nowhere.png"],
+        "text": [tmp_path / "notes.jpg"],
+        "truncated": [_truncated_png(tmp_path)],
+        "tiny": [tmp_path / "dot.png"],
+        "method": ["--method", "gradcamz", good],
+        "model": ["--model", "resnet5O", good],
+        "layer": ["--layer", "features.99", good],
+        "class": ["--target", "dragon", good],
+        "topk": ["--topk", "7", good],
+        "cmap": ["--cmap", "jett", good],
+    }[case]
+    (tmp_path / "notes.jpg").write_text("hello")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    if "--model" not in args:
+        args = ["--model", "xviz-demo", *args]
+    code, _, err = run_cli("explain", "--out", tmp_path / "o", *args)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_huge_image_is_explained(run_cli, tmp_path):
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (10000, 10000), (90, 140, 60)).save(path, quality=50)
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--out", tmp_path / "o", path)
+    assert code == 0, err
+    with Image.open(tmp_path / "o" / "huge_gradcam.png") as im:
+        assert im.size[0] == im.size[1] <= 512
+
+
+def test_checkpoint_of_another_architecture(run_cli, tmp_path, demo):
+    from xviz.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "demo.pt"
+    save_checkpoint(ckpt, arch="xviz-demo", state_dict=demo.module.state_dict(), class_names=demo.class_names,
+                    preprocessing=demo.preprocessing)
+    code, _, err = run_cli("explain", "--model", "resnet18", "--weights", ckpt, SAMPLES)
+    assert_one_line_error(code, err, "holds weights of model `xviz-demo`, not `resnet18`")
+    torch.save(demo.module.state_dict(), tmp_path / "bare.pt")
+    code, _, err = run_cli("explain", "--model", "resnet18", "--weights", tmp_path / "bare.pt", SAMPLES)
+    assert_one_line_error(code, err, "do not fit model `resnet18`", "missing", "pick the matching --model")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    code, _, err = run_cli("explain", "--checkpoint", tmp_path / "junk.pt", SAMPLES)
+    assert_one_line_error(code, err, "is not a readable PyTorch checkpoint")
+
+
+def test_checkpoint_explains_like_the_model_it_holds(run_cli, tmp_path, demo):
+    from xviz.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "copy.pt"
+    save_checkpoint(ckpt, arch="xviz-demo", state_dict=demo.module.state_dict(), class_names=demo.class_names,
+                    preprocessing=demo.preprocessing)
+    _, by_model, _ = run_cli("explain", "--model", "xviz-demo", "--out", tmp_path / "a", SAMPLES)
+    _, by_ckpt, _ = run_cli("explain", "--checkpoint", ckpt, "--out", tmp_path / "a", SAMPLES)
+    assert by_model == by_ckpt
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(run_cli):
+    code, _, err = run_cli("explain", "--model", "xviz-demo", "--device", "cuda", SAMPLES)
+    assert_one_line_error(code, err, "no CUDA GPU is available", "--device cpu")
+
+
+def test_offline_imagenet_weights(run_cli, monkeypatch, tmp_path):
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    code, _, err = run_cli("explain", "--method", "gradcampp", SAMPLES)  # default model: resnet50
+    assert_one_line_error(code, err, "could not download the pretrained weights", "`resnet50`",
+                          "--model xviz-demo", "--weights none")
+
+
+def test_random_weights_run_offline(run_cli, tmp_path):
+    img = tmp_path / "x.png"
+    Image.fromarray(sample(3, "test").image).resize((120, 90)).save(img)
+    code, stdout, err = run_cli("explain", "--model", "resnet18", "--weights", "none", "--out", tmp_path / "o", img)
+    assert code == 0, err
+    assert "explaining layer `layer4`" in err
+    with Image.open(tmp_path / "o" / "x_gradcam.png") as im:
+        assert im.size == (224, 224)
+
+
+def test_listing_commands(run_cli):
+    code, out, _ = run_cli("methods")
+    assert code == 0 and "gradcam " in out and "gradcampp" in out and "xviz_cam" in out
+    code, out, _ = run_cli("models")
+    assert code == 0 and "xviz-demo" in out and "resnet50" in out and "vgg16" in out
+    code, out, _ = run_cli("models", "--classes", "xviz-demo")
+    assert out.split("\n")[0] == "0\thorned"
+    code, out, _ = run_cli("plugins")
+    assert "xviz_cam  built-in" in out
+    code, out, _ = run_cli("layers", "--model", "xviz-demo")
+    assert code == 0 and "features " in out and "default" in out and "64x16x16" in out
+
+
+def test_help_shows_examples(run_cli):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("explain", "--help")
+    assert exit_info.value.code == 0
