@@ -34,18 +34,27 @@ def cmd_explain(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from xviz.explain import resolve_layer, resolve_methods, explain_tensors
+    from xviz.explain import class_index, explain_tensors, resolve_layer, resolve_methods
     from xviz.explanation import safe_name, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
-    from xviz.render import enlarge, overlay, panel, save_png
+    from xviz.render import enlarge, get_cmap, overlay, panel, save_png
 
     device = torch_device(args.device)
     methods = resolve_methods(_split_methods(args.method), args.pm)
-    paths = list_images(args.images)
-    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
+    get_cmap(args.cmap)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise XvizError(f"`--alpha {args.alpha}` is outside [0, 1]: 0 shows only the image, 1 only the heatmap")
     if args.batch_size < 1:
         raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
+    paths = list_images(args.images)
+    if len(paths) == 1:
+        read_image(paths[0])  # a single bad image is the whole error
+    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
+    if args.target is not None:
+        class_index(args.target, model.class_names, len(model.class_names))
+    if args.topk > len(model.class_names):
+        raise XvizError(f"`--topk {args.topk}` exceeds the model's {len(model.class_names)} classes")
     out_dir = Path(args.out)
     layer, rows, failures, used_stems = args.layer, [], [], set()
     bar = tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2, file=sys.stderr)
@@ -62,12 +71,15 @@ def cmd_explain(args) -> int:
         if not views:
             continue
         batch = torch.stack([model.preprocessing.normalize(v) for v in views])
+        announce = None
         if any(m.uses_layer for m in methods) and layer is None:
             layer, how = resolve_layer(model.module, None, batch.to(device), model.name, args.pm)
             how_text = "the model's default" if how == "plugin" else "the last layer with a spatial output"
-            tqdm.write(f"explaining layer `{layer}` ({how_text}; choose another with --layer)", file=sys.stderr)
+            announce = f"explaining layer `{layer}` ({how_text}; choose another with --layer)"
         explanations = explain_tensors(model, batch, methods, layer=layer, target=args.target, topk=args.topk,
                                        inputs_names=[str(p) for p in batch_paths], pm=args.pm)
+        if announce:
+            tqdm.write(announce, file=sys.stderr)
         for i, (path, view) in enumerate(zip(batch_paths, views)):
             stem = safe_name(path.stem)
             while stem in used_stems:

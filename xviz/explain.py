@@ -100,25 +100,21 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
 
 
 def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False) -> torch.Tensor:
-    """(N, K, h, w) -> (N, K, H, W): per map ``(x - min) / (max - min)`` (constant maps -> 0), or
-    ``x / max|x|`` when ``signed``; then bilinear upsampling (``align_corners=False``) to ``size``."""
-    raw = raw.detach().float()
-    flat = raw.flatten(2)
+    """(N, K, h, w) -> (N, K, H, W): bilinear upsampling (``align_corners=False``) to ``size``, then per map
+    ``(x - min) / (max - min)`` (a constant map becomes 0), or ``x / max|x|`` when ``signed``."""
+    maps = raw.detach().float()
+    n, k, h, w = maps.shape
+    if (h, w) != tuple(size):
+        maps = F.interpolate(maps.reshape(n * k, 1, h, w), size=size, mode="bilinear", align_corners=False)
+    flat = maps.reshape(n, k, -1)
+    tiny = torch.finfo(flat.dtype).tiny
     if signed:
         scale = flat.abs().amax(-1, keepdim=True)
-        flat = torch.where(scale > 0, flat / scale.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
-        low, high = -1.0, 1.0
-    else:
-        lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
-        span = hi - lo
-        flat = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
-        low, high = 0.0, 1.0
-    maps = flat.view_as(raw)
-    if tuple(maps.shape[-2:]) != tuple(size):
-        n, k, h, w = maps.shape
-        maps = F.interpolate(maps.reshape(n * k, 1, h, w), size=size, mode="bilinear", align_corners=False)
-        maps = maps.view(n, k, *size)
-    return maps.clamp_(low, high)
+        flat = torch.where(scale > 0, flat / scale.clamp_min(tiny), torch.zeros_like(flat))
+        return flat.clamp(-1.0, 1.0).view(n, k, *size)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    flat = torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(tiny), torch.zeros_like(flat))
+    return flat.clamp(0.0, 1.0).view(n, k, *size)
 
 
 def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, methods: Sequence[str | Method] = ("gradcam",),

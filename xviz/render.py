@@ -60,7 +60,7 @@ def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = DEFAULT_
     return ((1.0 - alpha) * rgb + alpha * heat + 0.5).astype(np.uint8)
 
 
-def enlarge(picture: np.ndarray, min_side: int = 256) -> np.ndarray:
+def enlarge(picture: np.ndarray, min_side: int = 224) -> np.ndarray:
     """Repeat pixels by the smallest integer factor that makes the shorter side >= ``min_side``."""
     factor = -(-min_side // min(picture.shape[:2]))
     return picture if factor <= 1 else picture.repeat(factor, axis=0).repeat(factor, axis=1)
