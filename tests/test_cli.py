@@ -36,7 +36,7 @@ def assert_one_line_error(code, err, *fragments):
 def test_explain_folder_writes_overlays_and_prints_the_table(run_cli, pictures, tmp_path):
     out = tmp_path / "out"
     code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--method", "gradcam,gradcampp", "--panel",
-                                "--save-raw", "--out", out, pictures)
+                                "--grid", "--save-raw", "--out", out, pictures)
     assert code == 0, err
     assert "explaining layer `features` (the model's default" in err
     for i in range(3):
@@ -51,6 +51,10 @@ def test_explain_folder_writes_overlays_and_prints_the_table(run_cli, pictures, 
     header = stdout.splitlines()[0].split()
     assert header[:4] == ["image", "predicted", "prob", "explained"]
     assert re.search(r"^creature0\.png +horned ", stdout, re.M)  # the bundled model recognises its classes
+    for method in ("gradcam", "gradcampp"):
+        with Image.open(out / f"grid_{method}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 3 * 200
+        assert f"wrote a grid of 3 overlay(s) to {out / f'grid_{method}.png'}" in stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
@@ -198,3 +202,28 @@ def test_help_shows_examples(run_cli):
     with pytest.raises(SystemExit) as exit_info:
         run_cli("explain", "--help")
     assert exit_info.value.code == 0
+
+
+def test_plugin_subcommands(run_cli, monkeypatch):
+    import xviz
+    from xviz import registry
+
+    class Hello:
+        @xviz.hookimpl
+        def xviz_register_commands(self, subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.add_argument("--name", default="world")
+            p.set_defaults(func=lambda args: print(f"hello {args.name}") or 3)
+
+    real = registry.get_plugin_manager
+
+    def with_hello(**kwargs):
+        pm = real(**kwargs)
+        pm.register(Hello(), name="hello")
+        return pm
+
+    monkeypatch.setattr(registry, "get_plugin_manager", with_hello)
+    code, out, _ = run_cli("hello", "--name", "xviz")
+    assert (code, out) == (3, "hello xviz\n")
+    code, out, _ = run_cli("train", "--model", "xviz-demo", "--dataset", "nope", "--out", "x.pt")
+    assert code == 2

@@ -38,7 +38,7 @@ def cmd_explain(args) -> int:
     from xviz.explanation import safe_name, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
-    from xviz.render import enlarge, get_cmap, overlay, panel, save_png
+    from xviz.render import enlarge, get_cmap, grid, overlay, panel, save_png
 
     device = torch_device(args.device)
     methods = resolve_methods(_split_methods(args.method), args.pm)
@@ -57,6 +57,7 @@ def cmd_explain(args) -> int:
         raise XvizError(f"`--topk {args.topk}` exceeds the model's {len(model.class_names)} classes")
     out_dir = Path(args.out)
     layer, rows, failures, used_stems = args.layer, [], [], set()
+    gallery = {m.name: ([], [], []) for m in methods}  # method -> views, heatmaps, titles for --grid
     bar = tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2, file=sys.stderr)
     for start in range(0, len(paths), args.batch_size):
         batch_paths, views = [], []
@@ -96,6 +97,11 @@ def cmd_explain(args) -> int:
                         title = (f"{exp.method}: predicted {exp.prediction_names[i]} ({exp.prediction_scores[i]:.1%})"
                                  f", explaining {target_name}")
                         save_png(panel(view, heat, title, args.alpha, args.cmap, exp.signed), f"{base}_panel.png")
+                    if args.grid:
+                        views_, heats_, titles_ = gallery[exp.method]
+                        views_.append(view)
+                        heats_.append(heat)
+                        titles_.append(f"{path.name}\n{target_name} ({exp.scores[i, k]:.0%})")
                     if args.save_raw:
                         save_npy(exp.raw[i, k], Path(f"{base}_raw.npy"))
                     rows.append([path.name, exp.prediction_names[i], f"{exp.prediction_scores[i]:.3f}",
@@ -105,6 +111,11 @@ def cmd_explain(args) -> int:
     if rows:
         print(_table(rows, ["image", "predicted", "prob", "explained target (prob)", "method", "overlay"]))
         print(f"wrote {len(rows)} overlay(s) to {out_dir}/")
+    for method, (views_, heats_, titles_) in gallery.items():
+        if views_:
+            signed = next(m.signed for m in methods if m.name == method)
+            figure = grid(views_, heats_, titles_, 6, args.alpha, args.cmap, signed)
+            print(f"wrote a grid of {len(views_)} overlay(s) to {save_png(figure, out_dir / f'grid_{method}.png')}")
     if failures:
         print(f"xviz: error: {len(failures)} of {len(paths)} image(s) could not be read and were skipped "
               "(see the lines above)", file=sys.stderr)
@@ -221,6 +232,7 @@ def build_parser(pm) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay (0-1)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: jet)")
     p.add_argument("--panel", action="store_true", help="also write image | heatmap | overlay panels")
+    p.add_argument("--grid", action="store_true", help="also write one grid of all overlays per method")
     p.add_argument("--save-raw", action="store_true", help="also write the raw feature-size maps as .npy")
     p.set_defaults(func=cmd_explain)
 

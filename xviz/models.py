@@ -66,7 +66,12 @@ def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint:
     ``"none"`` for random initialisation, or a path to a checkpoint / state dict of this
     architecture.
     """
-    specs = model_registry(pm)
+    loaded = _load(name, weights, checkpoint, model_registry(pm))
+    loaded.module.eval()
+    return loaded
+
+
+def _load(name, weights, checkpoint, specs) -> LoadedModel:
     if checkpoint is not None:
         return load_checkpoint(checkpoint, specs)
     if name is None:
@@ -94,7 +99,9 @@ def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None)
     if arch not in specs:
         raise XvizError(f"checkpoint `{path}` is for model `{arch}`, which no installed plugin provides "
                         "(`xviz models` lists them)")
-    return _assemble(specs[arch], data, Path(path))
+    loaded = _assemble(specs[arch], data, Path(path))
+    loaded.module.eval()
+    return loaded
 
 
 def _load_weights_file(spec: ModelSpec, path: Path, specs) -> LoadedModel:

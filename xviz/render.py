@@ -129,7 +129,7 @@ def save_png(picture, path: str | Path, dpi: int = 110) -> Path:
         import matplotlib.pyplot as plt
 
         try:
-            return atomic_write(path, lambda tmp: picture.savefig(tmp, format="png", dpi=dpi))
+            return atomic_write(path, lambda tmp: picture.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1))
         finally:
             plt.close(picture)
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture, dtype=np.uint8))
