@@ -19,7 +19,7 @@ import warnings
 import torch
 import torchvision
 
-from xviz.explain import explain_tensors
+from xviz.explainer import explain_tensors
 from xviz.registry import get_plugin_manager
 
 LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "vgg16": "features.29"}

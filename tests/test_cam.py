@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xviz.errors import XvizError
-from xviz.explain import explain_tensors, normalize_maps
+from xviz.explainer import explain_tensors, normalize_maps
 
 from conftest import TinyCNN
 
@@ -224,7 +224,7 @@ def test_no_memory_growth_over_200_calls(tiny, images):
 
 
 def test_automatic_layer_is_the_last_spatial_module(tiny, images, pm):
-    from xviz.explain import resolve_layer
+    from xviz.explainer import resolve_layer
 
     assert resolve_layer(tiny, None, images, None, pm) == ("body", "last spatial")
     exp = run(tiny, images, pm=pm)["gradcam"]
@@ -234,7 +234,7 @@ def test_automatic_layer_is_the_last_spatial_module(tiny, images, pm):
 def test_default_layer_of_registered_models(pm):
     import torchvision
 
-    from xviz.explain import resolve_layer
+    from xviz.explainer import resolve_layer
 
     x = torch.zeros(1, 3, 32, 32)
     assert resolve_layer(torchvision.models.resnet18(), None, x, "resnet18", pm) == ("layer4", "plugin")

@@ -9,7 +9,7 @@ from torch import nn
 
 from xviz.checkpoint import read_checkpoint
 from xviz.data.synthetic import CLASSES, SyntheticParts
-from xviz.explain import explain_tensors
+from xviz.explainer import explain_tensors
 
 from test_cli import SAMPLES
 

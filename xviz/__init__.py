@@ -15,8 +15,8 @@ hookimpl = pluggy.HookimplMarker("xviz")
 """Decorator marking a function as an implementation of an `xviz_*` hook."""
 
 _LAZY = {
-    "explain": "xviz.explain",
-    "explain_tensors": "xviz.explain",
+    "explain": "xviz.explainer",
+    "explain_tensors": "xviz.explainer",
     "Explanation": "xviz.explanation",
     "load_model": "xviz.models",
     "LoadedModel": "xviz.models",

@@ -34,7 +34,7 @@ def cmd_explain(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from xviz.explain import class_index, explain_tensors, resolve_layer, resolve_methods
+    from xviz.explainer import class_index, explain_tensors, resolve_layer, resolve_methods
     from xviz.explanation import safe_name, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
@@ -169,7 +169,7 @@ def cmd_plugins(args) -> int:
 def cmd_layers(args) -> int:
     import torch
 
-    from xviz.explain import resolve_layer
+    from xviz.explainer import resolve_layer
     from xviz.hooks import spatial_layers
     from xviz.models import load_model
 
