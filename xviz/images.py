@@ -109,10 +109,14 @@ class Preprocessing:
     def view(self, img: Image.Image) -> Image.Image:
         """The image as the model sees it, before normalisation (what overlays are drawn on)."""
         if self.resize:
+            # exactly torchvision's Resize(int) on a PIL image: the long side is truncated, not
+            # rounded, and PIL resizes in one step (no reducing_gap), so inputs match the weights'
+            # own transforms() pixel for pixel
             w, h = img.size
-            scale = self.resize / min(w, h)
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            img = img.resize(size, _INTERPOLATIONS[self.interpolation], reducing_gap=3.0)
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.resize, max(1, int(self.resize * long / short))
+            size = (new_short, new_long) if w <= h else (new_long, new_short)
+            img = img.resize(size, _INTERPOLATIONS[self.interpolation])
         if self.crop:
             img = ImageOps.fit(img, (self.crop, self.crop), centering=(0.5, 0.5)) if min(img.size) < self.crop \
                 else _center_crop(img, self.crop)
