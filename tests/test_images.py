@@ -342,3 +342,22 @@ def test_view_center_crop_and_normalize_by_hand():
 def test_preprocessing_dict_round_trip():
     p = Preprocessing(resize=72, crop=64, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), interpolation="bicubic")
     assert Preprocessing.from_dict(p.to_dict()) == p
+
+
+def test_folder_named_like_an_image_is_not_listed(tmp_path):
+    from xviz.images import list_images
+
+    (tmp_path / "album.jpg").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "real.png")
+    assert [p.name for p in list_images([tmp_path])] == ["real.png"]
+
+
+def test_crop_larger_than_image_pads_like_torchvision():
+    import torchvision.transforms as T
+
+    from xviz.images import Preprocessing
+
+    pre = Preprocessing(resize=None, crop=12, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8))
+    ref = T.Compose([T.CenterCrop(12), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)])(img)
+    assert (pre.tensor(img) - ref).abs().max() <= 1e-6

@@ -352,3 +352,23 @@ def test_cli_reports_plugin_errors_in_one_line(testplug, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("xviz: error:") and "`nope`" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("import xviz\n@xviz.hookimpl\ndef xviz_register_method():\n    return []\n", "xviz_register_method"),
+    ("import xviz\n@xviz.hookimpl\ndef xviz_default_target_layer(model, name):\n    return None\n", "name"),
+])
+def test_invalid_entry_point_plugin_is_one_line(tmp_path, monkeypatch, capsys, source, fragment):
+    from xviz.cli import main
+
+    install_plugin(tmp_path, module="xviz_badplug", source=source, entry_name="badplug",
+                   dist_name="xviz-badplug", version="0.1")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["methods"]) == 2
+    finally:
+        sys.modules.pop("xviz_badplug", None)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("xviz: error: plugin `badplug`") and fragment in err
+    assert "XVIZ_DISABLE_PLUGIN_AUTOLOAD=1" in err

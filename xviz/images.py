@@ -80,7 +80,7 @@ def list_images(paths) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
             if not found:
                 raise XvizError(f"folder `{p}` holds no images ({', '.join(IMAGE_SUFFIXES)})")
             out.extend(found)
@@ -118,8 +118,9 @@ class Preprocessing:
             size = (new_short, new_long) if w <= h else (new_long, new_short)
             img = img.resize(size, _INTERPOLATIONS[self.interpolation])
         if self.crop:
-            img = ImageOps.fit(img, (self.crop, self.crop), centering=(0.5, 0.5)) if min(img.size) < self.crop \
-                else _center_crop(img, self.crop)
+            from torchvision.transforms.functional import center_crop
+
+            img = center_crop(img, [self.crop, self.crop])  # pads with black when the image is smaller
         return img
 
     def normalize(self, view: Image.Image):
@@ -156,8 +157,3 @@ class Preprocessing:
         interpolation = getattr(t.interpolation, "value", str(t.interpolation))
         return cls(int(resize), int(crop), tuple(t.mean), tuple(t.std), interpolation)
 
-
-def _center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))

@@ -57,8 +57,22 @@ def get_plugin_manager(*, builtins: bool = True, entrypoints: bool = True) -> Pl
             pm.register_plugin(importlib.import_module(module_name), module_name, "built-in", __version__)
     if entrypoints:
         _load_entry_points(pm)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise XvizError(_invalid_plugin(pm, exc)) from None
     return pm
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _invalid_plugin(pm: PluginManager, exc: pluggy.PluginValidationError) -> str:
+    name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
+    source = pm.infos[name].source if name in pm.infos else "a plugin"
+    return (f"plugin `{name}` ({source}) is invalid: {_one_line(exc)}; "
+            "fix or uninstall it, or set XVIZ_DISABLE_PLUGIN_AUTOLOAD=1")
 
 
 def _load_entry_points(pm: PluginManager) -> None:
@@ -88,7 +102,11 @@ def _load_entry_points(pm: PluginManager) -> None:
                 f"plugin `{name}` (from {dist_name}) failed to load: {type(exc).__name__}: {exc}; "
                 "fix or uninstall it, or set XVIZ_DISABLE_PLUGIN_AUTOLOAD=1"
             ) from exc
-        pm.register_plugin(plugin, name, f"entry point of {dist_name}", dist.version if dist else "?")
+        try:
+            pm.register_plugin(plugin, name, f"entry point of {dist_name}", dist.version if dist else "?")
+        except pluggy.PluginValidationError as exc:
+            raise XvizError(f"plugin `{name}` (from {dist_name}) is invalid: {_one_line(exc)}; "
+                            "fix or uninstall it, or set XVIZ_DISABLE_PLUGIN_AUTOLOAD=1") from None
 
 
 def _collect(pm: PluginManager, hook_name: str, what: str) -> dict:
