@@ -264,3 +264,26 @@ def test_normalize_maps_closed_form():
     assert up.min() == 0 and up.max() == 1
     signed = normalize_maps(torch.tensor([[[[-2.0, 1.0]]]]), (1, 2), signed=True)
     np.testing.assert_allclose(signed[0, 0].numpy(), [[-1.0, 0.5]])
+
+
+@pytest.mark.parametrize("layer", ["layer4.0.bn2", "layer4.1.bn2", "layer3"])
+def test_inplace_add_in_resnet_blocks(layer):
+    """`out += identity` modifies a block's bn2 output in place; xviz must explain the value before it."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    exp = run(model, x, ["gradcam"], layer=layer)["gradcam"]
+    store = {}
+
+    def keep(module, inputs, output):  # independent reference: a copy of the value, and a tensor hook
+        store["a"] = output.detach().clone()
+        output.register_hook(lambda g: store.__setitem__("g", g))
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(keep)
+    model(x).gather(1, torch.as_tensor(exp.targets)).sum().backward()
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    ref = torch.relu((store["g"].mean((2, 3), keepdim=True) * store["a"]).sum(1))
+    np.testing.assert_allclose(exp.raw[:, 0], ref.numpy(), rtol=1e-4, atol=1e-6 * ref.abs().max().item())

@@ -30,6 +30,6 @@ class DatasetSpec:
 
 def load_dataset(name: str, split: str = "train", root=None, pm=None, **options):
     """Build dataset ``name``'s ``split``; returns ``(dataset, spec)``."""
-    specs = registry.datasets(pm or registry.get_plugin_manager())
+    specs = registry.datasets(pm or registry.default_plugin_manager())
     spec = registry.lookup(specs, name, "dataset", "xviz datasets")
     return spec.build(split, root=root, **options), spec

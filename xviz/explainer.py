@@ -35,7 +35,7 @@ def resolve_methods(names: Iterable[str | Method], pm=None) -> list[Method]:
             found = item
         else:
             if available is None:
-                available = registry.methods(pm or registry.get_plugin_manager())
+                available = registry.methods(pm or registry.default_plugin_manager())
             found = registry.lookup(available, item, "method", "xviz methods")
         if found.name not in {m.name for m in out}:
             out.append(found)
@@ -52,7 +52,7 @@ def resolve_layer(model: nn.Module, layer: str | None, example: torch.Tensor, mo
     if layer:
         find_layer(model, layer)
         return layer, "given"
-    pm = pm or registry.get_plugin_manager()
+    pm = pm or registry.default_plugin_manager()
     chosen = pm.hook.xviz_default_target_layer(model=model, model_name=model_name)
     if chosen:
         find_layer(model, chosen)
@@ -129,7 +129,7 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     module = loaded.module if loaded else model
     model_name = loaded.name if loaded else type(module).__name__
     class_names = list(loaded.class_names) if loaded else []
-    pm = pm or registry.get_plugin_manager()
+    pm = pm or registry.default_plugin_manager()
     chosen = resolve_methods(methods, pm)
     if inputs.dim() != 4:
         raise XvizError(f"inputs must be a (N, 3, H, W) batch, got shape {tuple(inputs.shape)}")
@@ -201,7 +201,9 @@ def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method
     method covering all images."""
     from PIL import Image
 
-    pm = pm or registry.get_plugin_manager()
+    if not images:
+        raise XvizError("no images given to explain")
+    pm = pm or registry.default_plugin_manager()
     pil = [im if isinstance(im, Image.Image) else read_image(im) for im in images]
     names = [getattr(im, "filename", "") or "" if isinstance(im, Image.Image) else str(im) for im in images]
     parts: list[list[Explanation]] = []

@@ -109,9 +109,10 @@ def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, t
             order.append((names[module], tuple(t.shape[1:])))
 
     handles = [m.register_forward_hook(hook) for m in names]
+    device = next(model.parameters(), example).device
     try:
         with preserved_state(model), torch.no_grad():
-            model(example)
+            model(example.to(device))
     finally:
         for h in handles:
             h.remove()

@@ -55,7 +55,7 @@ class ModelSpec:
 
 
 def model_registry(pm=None) -> dict[str, ModelSpec]:
-    return registry.models(pm or registry.get_plugin_manager())
+    return registry.models(pm or registry.default_plugin_manager())
 
 
 def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint: str | Path | None = None,

@@ -13,6 +13,7 @@ Environment:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -73,6 +74,12 @@ def _invalid_plugin(pm: PluginManager, exc: pluggy.PluginValidationError) -> str
     source = pm.infos[name].source if name in pm.infos else "a plugin"
     return (f"plugin `{name}` ({source}) is invalid: {_one_line(exc)}; "
             "fix or uninstall it, or set XVIZ_DISABLE_PLUGIN_AUTOLOAD=1")
+
+
+@functools.lru_cache(maxsize=1)
+def default_plugin_manager() -> PluginManager:
+    """The manager used when a function is given none: built once per process, on first use."""
+    return get_plugin_manager()
 
 
 def _load_entry_points(pm: PluginManager) -> None:
