@@ -82,7 +82,7 @@ def test_gradcampp_equals_closed_form_in_float64_on_a_random_resnet():
 def test_gradcampp_equals_closed_form_on_the_demo_model(demo):
     from xviz.data.synthetic import SyntheticParts
 
-    data = SyntheticParts("test", size=8, preprocessing=demo.preprocessing)
+    data = SyntheticParts("test", size=8, transform=demo.preprocessing.tensor)
     x = torch.stack([data[i][0] for i in range(8)])
     exp = run(demo, x, ["gradcampp"])["gradcampp"]
     ref = closed_form_gradcampp(demo.module, x, "features", torch.as_tensor(exp.targets[:, 0]))

@@ -27,7 +27,7 @@ def test_checkpoint_carries_what_is_needed_to_use_it():
 
 
 def _test_batches(demo, batch=150):
-    data = SyntheticParts("test", preprocessing=demo.preprocessing)
+    data = SyntheticParts("test", transform=demo.preprocessing.tensor)
     for start in range(0, len(data), batch):
         idx = range(start, min(start + batch, len(data)))
         yield (torch.stack([data[i][0] for i in idx]), np.array([data[i][1] for i in idx]),

@@ -3,7 +3,8 @@
 A checkpoint is a ``torch.save``'d dict of plain types (loadable with ``weights_only=True``):
 
 ``format``       ``"xviz-checkpoint/1"``
-``arch``         registered model name whose ``build(num_classes)`` recreates the network
+``arch``         registered model name whose ``build(num_classes, **arch_options)`` recreates the network
+``arch_options`` architecture choices passed to that builder (e.g. ``{"head": "concat"}``)
 ``state_dict``   the weights
 ``class_names``  list of class names, index = class id
 ``preprocessing`` :class:`xviz.images.Preprocessing` as a dict
@@ -27,11 +28,12 @@ FORMAT = "xviz-checkpoint/1"
 
 
 def save_checkpoint(path, *, arch: str, state_dict: dict, class_names, preprocessing: Preprocessing,
-                    history=None, config=None, **extra) -> Path:
+                    history=None, config=None, arch_options=None, **extra) -> Path:
     """Write an xviz checkpoint atomically (a crash leaves the previous file intact)."""
     payload = {
         "format": FORMAT,
         "arch": arch,
+        "arch_options": dict(arch_options or {}),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "class_names": list(class_names),
         "preprocessing": preprocessing.to_dict(),

@@ -16,9 +16,16 @@ from xviz.images import Preprocessing
 class DatasetSpec:
     """A registered dataset.
 
-    * ``build(split, root=None, **options) -> Dataset`` yielding ``(image_tensor, label)``;
-      ``split`` is ``"train"`` or ``"test"``; ``root`` a local folder where the data lives.
-    * ``class_names``: index = label. ``preprocessing``: what a model trained on it expects.
+    * ``build(split, root=None, transform=None, **options) -> Dataset`` yielding
+      ``(transform(pil_image), label)``; ``split`` is ``"train"`` or ``"test"``; ``root`` the local
+      folder holding the data (``None``: the dataset's default place, downloading when it can);
+      ``transform`` defaults to ``preprocessing.tensor``. A dataset that is missing raises
+      :class:`xviz.errors.XvizError` saying where to put it.
+    * ``class_names``: index = label (may be empty when only known once the data is read; the
+      built dataset's ``classes`` attribute is then authoritative).
+    * ``preprocessing``: the evaluation transform (resize, crop, normalisation) a model trained on
+      it expects; ``augment``: the default training augmentations (names understood by
+      :func:`xviz.train.augment.train_transform`, e.g. ``("crop", "flip")``).
     """
 
     name: str
@@ -26,6 +33,7 @@ class DatasetSpec:
     class_names: Sequence[str]
     preprocessing: Preprocessing
     summary: str = ""
+    augment: tuple[str, ...] = ("flip",)
 
 
 def load_dataset(name: str, split: str = "train", root=None, pm=None, **options):

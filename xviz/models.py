@@ -39,14 +39,16 @@ class LoadedModel:
 class ModelSpec:
     """A registered model.
 
-    * ``build(num_classes) -> nn.Module``: the architecture, randomly initialised.
+    * ``build(num_classes, **options) -> nn.Module``: the architecture, randomly initialised;
+      ``options`` are architecture choices (e.g. ``head="concat"``) and are stored in checkpoints
+      as ``arch_options``. A builder raises :class:`XvizError` for an option it does not know.
     * ``pretrained(weights) -> LoadedModel``: the model with named pretrained weights (``"DEFAULT"``
       or an enum name like ``"IMAGENET1K_V1"``); ``None`` when there are none.
     * ``preprocessing``, ``class_names``: used with ``--weights none`` or a bare state dict.
     """
 
     name: str
-    build: Callable[[int], nn.Module]
+    build: Callable[..., nn.Module]
     preprocessing: Preprocessing
     class_names: Sequence[str]
     summary: str = ""
@@ -116,7 +118,7 @@ def _load_weights_file(spec: ModelSpec, path: Path, specs) -> LoadedModel:
 def _assemble(spec: ModelSpec, data: dict, path: Path) -> LoadedModel:
     class_names = list(data.get("class_names") or spec.class_names)
     state = data["state_dict"]
-    module = spec.build(len(class_names))
+    module = spec.build(len(class_names), **dict(data.get("arch_options") or {}))
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
     result = module.load_state_dict(state, strict=False)
     shape_errors = [k for k, v in state.items()

@@ -13,13 +13,17 @@ from xviz.errors import XvizError
 from xviz.images import Preprocessing
 from xviz.models import LoadedModel, ModelSpec, load_checkpoint
 
+from xviz_zoo.cifar import CifarResNet18
 from xviz_zoo.demo import CHECKPOINT, PREPROCESSING, DemoCNN
+from xviz_zoo.heads import set_head
+
+CIFAR10_PREPROCESSING = Preprocessing(None, None, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 # torchvision classifier -> the layer its CAMs explain by default
 TORCHVISION_LAYERS = {
     "resnet18": "layer4", "resnet34": "layer4", "resnet50": "layer4", "resnet101": "layer4", "resnet152": "layer4",
     "vgg11": "features.19", "vgg16": "features.29", "vgg16_bn": "features.42", "vgg19": "features.35",
-    "densenet121": "features", "densenet169": "features",
+    "densenet121": "features.norm5", "densenet169": "features.norm5",
     "mobilenet_v2": "features", "mobilenet_v3_large": "features", "efficientnet_b0": "features",
     "convnext_tiny": "features",
 }
@@ -51,13 +55,29 @@ def _torchvision_pretrained(name: str, weights: str) -> LoadedModel:
     return LoadedModel(module, name, list(w.meta["categories"]), Preprocessing.from_transforms(w.transforms()), str(w))
 
 
+def _no_options(name: str, options: dict) -> None:
+    if options:
+        raise XvizError(f"model `{name}` takes no options, got {', '.join(f'`{k}`' for k in options)}")
+
+
+def _torchvision_build(name: str, num_classes: int, head: str | None = None, **options):
+    """torchvision ``name`` with ``num_classes`` outputs; ``head="linear"|"concat"`` swaps the head."""
+    import torchvision
+
+    _no_options(name, options)
+    if head is None:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    family = next((f for f in ("resnet", "vgg", "densenet") if name.startswith(f)), name)
+    return set_head(torchvision.models.get_model(name, weights=None), head, family, num_classes)
+
+
 def _torchvision_spec(name: str) -> ModelSpec:
     import torchvision
 
     default = torchvision.models.get_model_weights(name).DEFAULT
     return ModelSpec(
         name=name,
-        build=lambda num_classes: torchvision.models.get_model(name, weights=None, num_classes=num_classes),
+        build=partial(_torchvision_build, name),
         preprocessing=Preprocessing.from_transforms(default.transforms()),
         class_names=tuple(default.meta["categories"]),
         summary=f"torchvision {name}, ImageNet weights {default}",
@@ -74,29 +94,49 @@ def _demo_pretrained(weights: str) -> LoadedModel:
 
 @hookimpl
 def xviz_register_models():
+    def demo_build(num_classes, **options):
+        _no_options("xviz-demo", options)
+        return DemoCNN(num_classes)
+
+    def cifar_build(num_classes, **options):
+        _no_options("cifar_resnet18", options)
+        return CifarResNet18(num_classes)
+
+    cifar = ModelSpec(
+        name="cifar_resnet18",
+        build=cifar_build,
+        preprocessing=CIFAR10_PREPROCESSING,
+        class_names=tuple(str(i) for i in range(10)),
+        summary="ResNet-18 for 32x32 inputs (3x3 stem), as trained on CIFAR-10 to 91%",
+        family="xviz",
+    )
     demo = ModelSpec(
         name="xviz-demo",
-        build=lambda num_classes: DemoCNN(num_classes),
+        build=demo_build,
         preprocessing=PREPROCESSING,
         class_names=CLASSES,
         summary="small CNN trained on the synthetic part dataset (bundled, offline)",
         pretrained=_demo_pretrained,
         family="xviz",
     )
-    return [demo, *(_torchvision_spec(name) for name in TORCHVISION_LAYERS)]
+    return [demo, cifar, *(_torchvision_spec(name) for name in TORCHVISION_LAYERS)]
 
 
 @hookimpl
 def xviz_register_datasets():
-    def build(split, root=None, size=None, seed=0, **_):
-        return SyntheticParts(split, size=size, seed=seed, preprocessing=PREPROCESSING)
+    def build(split, root=None, transform=None, size=None, seed=0):
+        return SyntheticParts(split, size=size, seed=seed, transform=transform or PREPROCESSING.tensor)
 
-    return [DatasetSpec("synthetic", build, CLASSES, PREPROCESSING,
-                        "synthetic creatures whose class is one part; object and part masks (generated, no files)")]
+    synthetic = DatasetSpec("synthetic", build, CLASSES, PREPROCESSING,
+                            "synthetic creatures whose class is one part; object and part masks (generated, no files)",
+                            augment=("flip",))
+    return [synthetic]
 
 
 @hookimpl
 def xviz_default_target_layer(model, model_name):
     if model_name == "xviz-demo":
         return "features"
+    if model_name == "cifar_resnet18":
+        return "layer4"
     return TORCHVISION_LAYERS.get(model_name)

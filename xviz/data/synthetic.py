@@ -154,18 +154,18 @@ def sample(index: int, split: str = "train", seed: int = 0, size: int = 64) -> S
 
 
 class SyntheticParts:
-    """A ``torch`` dataset over :func:`sample`: ``(normalised image tensor, label)`` pairs.
+    """A ``torch`` dataset over :func:`sample`: ``(transform(PIL image), label)`` pairs.
 
     ``masks(i)`` gives the part masks of item ``i``; ``image(i)`` the PIL image.
     """
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 64,
-                 preprocessing=None):
+                 transform=None):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLITS)}")
         self.split, self.seed, self.image_size = split, seed, image_size
         self.length = DEFAULT_SIZES[split] if size is None else size
-        self.preprocessing = preprocessing
+        self.transform = transform  # PIL image -> tensor
         self.classes = list(CLASSES)
 
     def __len__(self) -> int:
@@ -188,5 +188,4 @@ class SyntheticParts:
         s = self.sample(index)
         from PIL import Image
 
-        x = self.preprocessing.tensor(Image.fromarray(s.image))
-        return x, s.label
+        return self.transform(Image.fromarray(s.image)), s.label
