@@ -183,28 +183,124 @@ def cmd_layers(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from xviz.checkpoint import save_checkpoint
-    from xviz.datasets import load_dataset
-    from xviz.models import load_model, torch_device
-    from xviz.train import fit
+TRAIN_EXAMPLES = """examples:
+  xviz train --recipe cifar10-resnet18-flip --out runs/flip              (a bundled recipe; `xviz recipes`)
+  xviz train --model xviz-demo --dataset synthetic --epochs 15 --out runs/demo
+  xviz train --model resnet50 --weights DEFAULT --head concat --dataset cub200 --data ~/data \\
+             --unfreeze head=1,all=51 --lr-mult layer4=0.1 --epochs 80 --out runs/cub
+  xviz train --resume runs/cub                                          (continue exactly where it stopped)
+  torchrun --nproc_per_node 2 -m xviz train --recipe cifar10-resnet18-flip --out runs/ddp
+"""
 
-    device = torch_device(args.device)
-    out = Path(args.out)
-    if out.suffix not in (".pt", ".pth"):
-        raise XvizError(f"`--out {out}` should name a checkpoint file ending in .pt")
-    train_set, spec = load_dataset(args.dataset, "train", root=args.data, size=args.train_size, pm=args.pm)
-    test_set, _ = load_dataset(args.dataset, "test", root=args.data, size=args.test_size, pm=args.pm)
-    model = load_model(args.model, weights=args.weights, pm=args.pm)
-    if len(model.class_names) != len(spec.class_names):
-        model = load_model(args.model, weights="none", pm=args.pm)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "pm")}
-    print(f"training `{args.model}` on `{args.dataset}` ({len(train_set)} train / {len(test_set)} test images) on {device}")
-    history = fit(model.module, train_set, test_set, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                  device=device, seed=args.seed)
-    save_checkpoint(out, arch=model.name, state_dict=model.module.state_dict(), class_names=spec.class_names,
-                    preprocessing=spec.preprocessing, history=history, config=config)
-    print(f"test accuracy {100 * history[-1]['test_acc']:.2f}%; wrote checkpoint {out}")
+
+def _train_flags(parser) -> None:
+    """One flag per TrainConfig field (defaults None: the recipe's or the config's value wins)."""
+    import dataclasses
+
+    from xviz.train.config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, dict) or isinstance(default, list) or f.name == "augment":
+            parser.add_argument(flag, default=None, metavar="A=1,B=2" if isinstance(default, dict) else "A,B")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            parser.add_argument(flag, type=type(default), default=None, metavar=type(default).__name__.upper())
+        else:
+            parser.add_argument(flag, default=None)
+
+
+def _config_from_args(args):
+    import dataclasses
+
+    from xviz.train.config import TrainConfig, make_config, parse_groups
+
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name in ("unfreeze", "lr_mult", "dataset_options"):
+            value = parse_groups(value, "--" + f.name.replace("_", "-"))
+        elif f.name in ("augment", "milestones"):
+            items = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+            value = [int(v) for v in items] if f.name == "milestones" else items
+        values[f.name] = value
+    return make_config(args.recipe, **values)
+
+
+def cmd_train(args) -> int:
+    from xviz.train import train
+    from xviz.train.checkpoints import RunFolder
+    from xviz.train.config import TrainConfig
+
+    if args.resume:
+        latest = RunFolder(args.resume).latest()
+        if latest is None:
+            raise XvizError(f"nothing to resume in `{args.resume}`: it holds no checkpoint")
+        cfg = TrainConfig(**latest["config"])
+        if args.epochs:
+            cfg.epochs = args.epochs
+        cfg.out = args.resume
+        result = train(cfg.validate(), resume=True, pm=args.pm)
+    else:
+        cfg = _config_from_args(args)
+        print(f"training `{cfg.model}` on `{cfg.dataset}` for {cfg.epochs} epochs -> {cfg.out}/")
+        result = train(cfg, pm=args.pm)
+    if not result.finished_before:
+        print(f"best test accuracy {100 * result.best_acc:.2f}%; checkpoints in {result.run}/ "
+              f"(best.pt, last.pt, history.json, history.csv)")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from xviz.train.config import RECIPES, tomllib
+
+    rows = []
+    for path in sorted(RECIPES.glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        rows.append([path.stem, data.get("description", "")])
+    print(_table(rows, ["recipe", "description"]))
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    import torch
+
+    from xviz.models import torch_device
+    from xviz.train.loop import build_data, build_model
+    from xviz.train.lr_finder import lr_find, plot_lr_find
+    from xviz.train.schedules import make_optimizer
+
+    cfg = _config_from_args(args)
+    device = torch_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_set, _, classes, _ = build_data(cfg, args.pm)
+    model, _ = build_model(cfg, len(classes), args.pm)
+    model.to(device)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers)
+    result = lr_find(model, loader, make_optimizer(model, cfg), start_lr=args.start_lr, end_lr=args.end_lr,
+                     num_iter=args.iterations, device=device)
+    out = Path(args.plot)
+    plot_lr_find(result, out, title=f"{cfg.model} on {cfg.dataset}")
+    print(f"suggested learning rate {result.suggestion:.3g} (valley); steepest descent at {result.steep:.3g}"
+          f"{'; stopped early: the loss diverged' if result.stopped_early else ''}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_plot_history(args) -> int:
+    from xviz.train.history import plot_history, read_history
+
+    runs = {}
+    labels = args.label or []
+    for i, source in enumerate(args.runs):
+        label = labels[i] if i < len(labels) else Path(source).name or str(source)
+        runs[label] = read_history(source)
+    out = plot_history(runs, args.out, title=args.title)
+    print(f"wrote {out}")
     return 0
 
 
@@ -246,23 +342,30 @@ def build_parser(pm) -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("train", help="train a model on a registered dataset and write a checkpoint",
-                       epilog="example:\n  xviz train --model xviz-demo --weights none --dataset synthetic --epochs 15 "
-                              "--out plugins/xviz_zoo/assets/xviz-demo.pt",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", default="none", help="starting weights: none (default), DEFAULT or PATH")
-    p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--data", help="folder holding the dataset")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--train-size", type=int, help="number of training images (synthetic)")
-    p.add_argument("--test-size", type=int, help="number of test images (synthetic)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p = sub.add_parser("train", help="train a model; writes a run folder with checkpoints and history",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", help="a bundled recipe name (`xviz recipes`) or a .toml file; flags override it")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly where it stopped")
+    _train_flags(p)
     p.set_defaults(func=cmd_train)
+
+    sub.add_parser("recipes", help="list the bundled training recipes").set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss vs learning rate, suggest one")
+    p.add_argument("--recipe")
+    _train_flags(p)
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--plot", default="lr_find.png", help="where to write the plot (default: lr_find.png)")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("plot-history", help="compare runs: train/test accuracy and loss per epoch")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, history .json/.csv files or checkpoints")
+    p.add_argument("--label", action="append", help="legend label per run, in order (repeat)")
+    p.add_argument("--title")
+    p.add_argument("--out", default="history.png")
+    p.set_defaults(func=cmd_plot_history)
 
     pm.hook.xviz_register_commands(subparsers=sub)
     return parser

@@ -154,3 +154,47 @@ def torch_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise XvizError(f"unknown device `{name}`: use auto, cpu or cuda") from None
+
+
+@dataclass
+class TransferReport:
+    """What :func:`transfer_state` did with each tensor."""
+
+    loaded: list[str]  # copied from the source
+    skipped: list[str]  # in the source but unused: no such layer here, another shape, or excluded
+    initialised: list[str]  # here but not in the source (or not copied): keep their fresh initialisation
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped name -> why
+
+    def summary(self, show: int = 4) -> str:
+        def names(items):
+            more = f", ... ({len(items) - show} more)" if len(items) > show else ""
+            return ", ".join(f"{n}{' (' + self.reasons[n] + ')' if n in self.reasons else ''}" for n in items[:show]) + more
+
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        if self.skipped:
+            parts.append(f"skipped {len(self.skipped)}: {names(self.skipped)}")
+        if self.initialised:
+            parts.append(f"newly initialised {len(self.initialised)}: {names(self.initialised)}")
+        return "; ".join(parts)
+
+
+def transfer_state(module: nn.Module, state: dict, exclude: tuple[str, ...] = ()) -> TransferReport:
+    """Copy into ``module`` every tensor of ``state`` whose name and shape match (a checkpoint with
+    another head, class count or input size); names starting with an ``exclude`` prefix are skipped."""
+    own = module.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    take, skipped, reasons = {}, [], {}
+    for name, tensor in state.items():
+        if name.startswith(exclude) if exclude else False:
+            reasons[name] = "excluded"
+        elif name not in own:
+            reasons[name] = "no such layer"
+        elif own[name].shape != tensor.shape:
+            reasons[name] = f"shape {tuple(tensor.shape)} vs {tuple(own[name].shape)}"
+        else:
+            take[name] = tensor
+            continue
+        skipped.append(name)
+    module.load_state_dict(take, strict=False)
+    initialised = [n for n in own if n not in take]
+    return TransferReport(list(take), skipped, initialised, reasons)

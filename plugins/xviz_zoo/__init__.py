@@ -124,8 +124,9 @@ def xviz_register_models():
 
 @hookimpl
 def xviz_register_datasets():
-    def build(split, root=None, transform=None, size=None, seed=0):
-        return SyntheticParts(split, size=size, seed=seed, transform=transform or PREPROCESSING.tensor)
+    def build(split, root=None, transform=None, size=None, seed=0, image_size=64):
+        return SyntheticParts(split, size=size, seed=seed, image_size=image_size,
+                              transform=transform or PREPROCESSING.tensor)
 
     synthetic = DatasetSpec("synthetic", build, CLASSES, PREPROCESSING,
                             "synthetic creatures whose class is one part; object and part masks (generated, no files)",

@@ -1,5 +1,6 @@
-"""Training: a plain supervised loop whose checkpoints every explainer reads."""
+"""Training: a configurable loop whose checkpoints every explainer reads."""
 
-from xviz.train.loop import evaluate, fit
+from xviz.train.config import TrainConfig, make_config
+from xviz.train.loop import TrainResult, evaluate, train
 
-__all__ = ["fit", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "evaluate"]

@@ -1,65 +1,213 @@
-"""A plain supervised loop: SGD with momentum, cosine learning rate, cross-entropy; a tqdm bar per
-epoch, a summary line per epoch, and a history that goes into the checkpoint."""
+"""The training loop: data, model (with transfer), freeze schedule, optimiser, LR schedule, mixed
+precision, checkpoints with exact resume, history; one tqdm bar per epoch and a summary line.
+
+    from xviz.train import TrainConfig, train
+    result = train(TrainConfig(model="xviz-demo", dataset="synthetic", epochs=3, out="runs/try"))
+"""
 
 from __future__ import annotations
 
-import math
+import contextlib
+import random
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
+
+from xviz import registry
+from xviz.checkpoint import read_checkpoint
+from xviz.errors import XvizError
+from xviz.models import torch_device, transfer_state
+from xviz.train import distributed
+from xviz.train.augment import resized, train_transform
+from xviz.train.checkpoints import RunFolder, rng_state, set_rng_state
+from xviz.train.config import TrainConfig
+from xviz.train.history import write_history
+from xviz.train.schedules import FreezeSchedule, head_name, make_optimizer, make_scheduler
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device, autocast=contextlib.nullcontext,
+             channels_last: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) of ``model`` over ``loader``."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += y.numel()
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
-def fit(model: nn.Module, train_set, test_set, *, epochs: int = 10, lr: float = 0.05, batch_size: int = 64,
-        weight_decay: float = 5e-4, device="cpu", seed: int = 0, workers: int = 0, log=print) -> list[dict]:
-    """Train ``model`` and return the history: one dict per epoch with train/test loss and accuracy."""
+@dataclass
+class TrainResult:
+    run: Path
+    history: list[dict]
+    best_acc: float
+    finished_before: bool = False
+
+
+def build_data(cfg: TrainConfig, pm):
+    """Train and test datasets with their transforms; returns (train, test, class names, preprocessing)."""
+    specs = registry.datasets(pm)
+    spec = registry.lookup(specs, cfg.dataset, "dataset", "xviz datasets")
+    pre = resized(spec.preprocessing, cfg.image_size)
+    augment = spec.augment if cfg.augment is None else cfg.augment
+    train_tf = train_transform(augment, pre, cfg)
+    train_set = spec.build("train", root=cfg.data, transform=train_tf, **cfg.dataset_options)
+    test_set = spec.build("test", root=cfg.data, transform=pre.tensor, **cfg.dataset_options)
+    classes = list(getattr(train_set, "classes", None) or spec.class_names)
+    return train_set, test_set, classes, pre
+
+
+def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.Module, dict]:
+    """The architecture with ``num_classes`` outputs, and the layers of ``cfg.weights`` that fit it."""
+    spec = registry.lookup(registry.models(pm), cfg.model, "model", "xviz models")
+    options = {"head": cfg.head} if cfg.head else {}
+    module = spec.build(num_classes, **options)
+    if cfg.weights.lower() == "none":
+        return module, options
+    if Path(cfg.weights).exists() or Path(cfg.weights).suffix in (".pt", ".pth"):
+        state, source = read_checkpoint(cfg.weights)["state_dict"], cfg.weights
+    elif spec.pretrained is None:
+        raise XvizError(f"model `{cfg.model}` has no pretrained weights `{cfg.weights}`: use none or a checkpoint PATH")
+    else:
+        loaded = spec.pretrained(cfg.weights)
+        state, source = loaded.module.state_dict(), loaded.source
+    exclude = (head_name(module) + ".",) if cfg.transfer == "backbone" else ()
+    report = transfer_state(module, state, exclude=exclude)
+    log(f"weights from {source}: {report.summary()}")
+    return module, options
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
-    model.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers)
-    test_loader = DataLoader(test_set, batch_size=256, num_workers=workers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps = epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    history = []
-    for epoch in range(1, epochs + 1):
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> TrainResult:
+    """Train as ``cfg`` says, writing a run folder at ``cfg.out``; ``resume`` continues its newest
+    checkpoint exactly (or says the run is finished)."""
+    pm = pm or registry.default_plugin_manager()
+    device = torch_device(cfg.device)
+    world = distributed.setup(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    log = log if world.main else (lambda *a, **k: None)
+    run = RunFolder(cfg.out, cfg.keep)
+    state = run.latest() if resume else None
+    if resume and state is None:
+        raise XvizError(f"nothing to resume in `{cfg.out}`: it holds no checkpoint (start without --resume)")
+    if not resume and run.epoch_files():
+        raise XvizError(f"`{cfg.out}` already holds a run: continue it with --resume or choose another --out")
+    if state is not None:
+        saved = TrainConfig(**state["config"])
+        if saved.model != cfg.model or dict(state.get("arch_options") or {}) != ({"head": cfg.head} if cfg.head else {}):
+            raise XvizError(f"`{state['path']}` is a run of model `{state['arch']}`, not `{cfg.model}`: "
+                            "resume with the run's own settings (--resume alone) or start a new --out")
+        start = state["training"]["epoch"] + 1
+        if start > cfg.epochs:
+            best = max((h["test_acc"] for h in state["history"]), default=0.0)
+            log(f"run `{cfg.out}` already finished: {start - 1}/{cfg.epochs} epochs, best test accuracy "
+                f"{100 * best:.2f}%; nothing to do")
+            return TrainResult(Path(cfg.out), list(state["history"]), best, finished_before=True)
+    _seed_everything(cfg.seed)
+
+    train_set, test_set, classes, pre = build_data(cfg, pm)
+    module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
+    use_cuda = device.type == "cuda"
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and use_cuda)
+    module.to(device)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if cfg.amp == "auto" and use_cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    generator = torch.Generator()
+    sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=cfg.seed) \
+        if world.distributed else None
+    loader_args = dict(num_workers=cfg.workers, pin_memory=use_cuda, persistent_workers=cfg.workers > 0)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              generator=generator, drop_last=False, **loader_args)
+    test_loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 128), **loader_args)
+    freeze = FreezeSchedule(module, cfg.unfreeze, cfg.train_bn)
+    optimizer = make_optimizer(module, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
+    model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if use_cuda else None) \
+        if world.distributed else module
+
+    history: list[dict] = []
+    start = 1
+    if state is not None:
+        module.load_state_dict(state["state_dict"])
+        t = state["training"]
+        optimizer.load_state_dict(t["optimizer"])
+        scheduler.load_state_dict(t["scheduler"])
+        scaler.load_state_dict(t["scaler"])
+        set_rng_state(t["rng"])
+        history, start = list(state["history"]), t["epoch"] + 1
+        log(f"resuming `{cfg.out}` from {Path(state['path']).name}: epoch {start}/{cfg.epochs}")
+    best_acc = max((h["test_acc"] for h in history), default=-1.0)
+    meta = dict(arch=cfg.model, class_names=classes, preprocessing=pre, config=cfg.to_dict(),
+                arch_options=arch_options)
+
+    for epoch in range(start, cfg.epochs + 1):
+        log(freeze.apply(epoch))
         model.train()
-        start, seen, correct, total_loss = time.time(), 0, 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
+        freeze.set_bn_modes()
+        generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order does not depend on resuming
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        began, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not world.main)
         for x, y in bar:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
-            seen += y.numel()
-            total_loss += loss.item() * y.numel()
+            n = y.numel()
+            seen += n
+            loss_sum += loss.item() * n
             correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
-        test_loss, test_acc = evaluate(model, test_loader, device)
-        row = {"epoch": epoch, "train_loss": total_loss / seen, "train_acc": correct / seen,
-               "test_loss": test_loss, "test_acc": test_acc, "lr": scheduler.get_last_lr()[0],
-               "seconds": time.time() - start}
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+        bar.close()
+        test_loss, test_acc = evaluate(module, test_loader, device, autocast, channels_last)
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "test_loss": test_loss,
+               "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - began, 3)}
         history.append(row)
-        log(f"epoch {epoch}/{epochs} - train loss {row['train_loss']:.4f} - train acc {100 * row['train_acc']:.2f}% - "
-            f"test loss {test_loss:.4f} - test acc {100 * test_acc:.2f}% - {row['seconds']:.0f}s")
-    return history
+        is_best = test_acc > best_acc
+        best_acc = max(best_acc, test_acc)
+        if world.main:
+            training = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rng_state()}
+            run.save(epoch, dict(meta, state_dict=module.state_dict(), history=history), training, is_best)
+            write_history(run.root, history)
+        log(f"epoch {epoch}/{cfg.epochs} - train loss {row['train_loss']:.4f} - train acc {100 * row['train_acc']:.2f}%"
+            f" - test loss {test_loss:.4f} - test acc {100 * test_acc:.2f}% - {row['seconds']:.0f}s"
+            + (" - best" if is_best else ""))
+        distributed.barrier(world)
+    distributed.teardown(world)
+    return TrainResult(Path(cfg.out), history, best_acc)

@@ -1,0 +1,373 @@
+"""The training subsystem: recipes, freeze schedules, optimisers and schedules, checkpoints, exact resume."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from xviz.checkpoint import read_checkpoint
+from xviz.errors import XvizError
+from xviz.train import TrainConfig, make_config, train
+from xviz.train.config import RECIPES, read_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_NAMES = sorted(p.stem for p in RECIPES.glob("*.toml"))
+
+
+def tiny(out, **overrides):
+    """A seconds-long run of the demo CNN on 48 synthetic images."""
+    values = dict(model="xviz-demo", dataset="synthetic", dataset_options={"size": 48}, epochs=3, batch_size=16,
+                  lr=0.05, out=str(out), augment=["flip", "crop"])
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+def weights(path):
+    return read_checkpoint(path)["state_dict"]
+
+
+# --- recipes --------------------------------------------------------------------------------------
+
+def test_bundled_recipes_are_valid():
+    assert {"cifar10-resnet18-flip", "cifar10-resnet18-cutout", "cub-frozen", "cub-unfrozen",
+            "cub-freeze-then-unfreeze", "finetune-gradual", "xviz-demo"} <= set(RECIPE_NAMES)
+    for name in RECIPE_NAMES:
+        cfg = make_config(name)
+        assert cfg.epochs >= 1 and cfg.model
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_every_recipe_runs_on_synthetic_data(name, tmp_path):
+    recipe = read_recipe(name)
+    epochs = 3
+    unfreeze = {group: min(first, epochs) for group, first in recipe.get("unfreeze", {}).items()}
+    cfg = make_config(name, dataset="synthetic", data=None, dataset_options={"size": 24, "image_size": 32},
+                      image_size=32, weights="none", epochs=epochs, batch_size=12, unfreeze=unfreeze,
+                      out=str(tmp_path / name), augment=[a for a in recipe.get("augment", []) if a != "rrc"] or [])
+    result = train(cfg, log=lambda *a: None)
+    assert len(result.history) == epochs
+    data = read_checkpoint(tmp_path / name / "last.pt")
+    assert data["arch"] == recipe["model"] and data["class_names"][0] == "horned"
+    assert data["arch_options"] == ({"head": recipe["head"]} if "head" in recipe else {})
+
+
+def test_recipe_with_a_typo_names_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "xviz-demo"\nlearning_rate = 0.1\n')
+    with pytest.raises(XvizError, match=r"unknown setting `learning_rate`"):
+        make_config(str(bad))
+    bad.write_text('model = "xviz-demo"\nepoch = 3\n')
+    with pytest.raises(XvizError, match=r"unknown setting `epoch` \(did you mean `epochs`\?\)"):
+        make_config(str(bad))
+    with pytest.raises(XvizError, match="unknown recipe `cifar10-resnet18-flp`: did you mean `cifar10-resnet18-flip`"):
+        make_config("cifar10-resnet18-flp")
+    with pytest.raises(XvizError, match="unknown schedule `cosin`"):
+        make_config(None, scheduler="cosin")
+
+
+# --- freeze schedules and discriminative learning rates -------------------------------------------
+
+def _changed(before, after):
+    return {k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_freeze_then_unfreeze_changes_the_right_parameters(tmp_path, train_bn):
+    cfg = tiny(tmp_path / "run", epochs=2, unfreeze={"head": 1, "all": 2}, train_bn=train_bn, augment=[])
+    torch.manual_seed(cfg.seed)
+    from xviz.models import model_registry
+
+    start = model_registry()["xviz-demo"].build(6).state_dict()
+    train(cfg, log=lambda *a: None)
+    after1 = weights(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")
+    after2 = weights(tmp_path / "run" / "checkpoints" / "epoch-0002.pt")
+    epoch1 = _changed(start, after1)
+    bn = {k for k in start if k.startswith("features.") and (".1." in k or ".4." in k or ".8." in k or ".11." in k
+                                                            or ".15." in k or ".18." in k)}
+    assert {"classifier.weight", "classifier.bias"} <= epoch1
+    conv = {k for k in start if k.endswith(".weight") and start[k].dim() == 4}
+    assert not (epoch1 & conv)  # convolutions frozen in epoch 1
+    assert bool(epoch1 & bn) == train_bn  # BatchNorm trains (and its statistics move) only with train_bn
+    assert conv <= _changed(after1, after2)  # everything trains in epoch 2
+
+
+def test_discriminative_learning_rates():
+    import torchvision
+
+    from xviz.train.schedules import param_groups
+
+    model = torchvision.models.resnet18(weights=None)
+    groups = {g["name"]: g for g in param_groups(model, 0.1, {"head": 1, "layer4": 0.1, "layer3": 0.01, "backbone": 0.001}, 0)}
+    assert {n: round(g["lr"], 8) for n, g in groups.items()} == {"head": 0.1, "layer4": 0.01, "layer3": 0.001,
+                                                                 "backbone": 0.0001}
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert all(p is model.fc.weight or p is model.fc.bias for p in groups["head"]["params"])
+    with pytest.raises(XvizError, match="unknown parameter group `layer9`"):
+        param_groups(model, 0.1, {"layer9": 0.1}, 0)
+
+
+# --- optimisers and schedules ---------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.parametrize("name, torch_scheduler", [
+    ("step", lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.1)),
+    ("multistep", lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 5], gamma=0.5)),
+    ("halving", lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)),
+])
+def test_epoch_schedules_match_torch(name, torch_scheduler):
+    from xviz.train.schedules import make_scheduler
+
+    cfg = TrainConfig(scheduler=name, epochs=8, step_size=3, gamma=0.1 if name == "step" else 0.5, milestones=[2, 5],
+                      halve_every=2)
+    p = torch.nn.Parameter(torch.zeros(1))
+    ours_opt, ref_opt = torch.optim.SGD([p], lr=1.0), torch.optim.SGD([p], lr=1.0)
+    ours, ref = make_scheduler(ours_opt, cfg, steps_per_epoch=4), torch_scheduler(ref_opt)
+    for epoch in range(8):
+        for _ in range(4):
+            assert ours_opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
+            ours.step()
+        ref.step()
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_onecycle_and_cosine_shapes():
+    from xviz.train.schedules import make_scheduler
+
+    for name in ("onecycle", "cosine"):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.4)
+        sched = make_scheduler(opt, TrainConfig(scheduler=name, epochs=5), steps_per_epoch=10)
+        lrs = []
+        for _ in range(50):
+            lrs.append(opt.param_groups[0]["lr"])
+            sched.step()
+        if name == "onecycle":
+            assert max(lrs) == pytest.approx(0.4, rel=0.05) and lrs[0] < 0.05 and lrs[-1] < 1e-3
+        else:
+            assert lrs[0] == pytest.approx(0.4) and all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.001
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_optimizers(name, cls):
+    from xviz.train.schedules import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt = make_optimizer(model, TrainConfig(optimizer=name, lr=0.01, nesterov=True))
+    assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.01
+    if name == "sgd":
+        assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+
+
+# --- augmentations --------------------------------------------------------------------------------
+
+def test_augmentations_keep_sizes_and_cutout_zeroes_a_square():
+    from PIL import Image
+
+    from xviz.images import Preprocessing
+    from xviz.train.augment import Cutout, train_transform
+
+    pre = Preprocessing(None, None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    img = Image.new("RGB", (32, 24), (255, 255, 255))
+    cfg = TrainConfig(cutout=8)
+    for names in (["crop"], ["flip", "rotate", "jitter"], ["rrc"], ["crop", "cutout"]):
+        assert train_transform(names, pre, cfg)(img).shape == (3, 24, 32)
+    torch.manual_seed(0)
+    areas = []
+    for _ in range(100):
+        x = Cutout(8)(torch.ones(3, 40, 40))
+        zeros = (x[0] == 0).nonzero()
+        rows, cols = zeros[:, 0], zeros[:, 1]
+        h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert len(zeros) == h * w and h <= 8 and w <= 8  # one rectangle, clipped at the borders
+        assert (x[:, rows, cols] == 0).all()  # all channels
+        areas.append(len(zeros))
+    assert max(areas) == 64 and min(areas) < 64
+    with pytest.raises(XvizError, match="unknown augmentation `mixup`"):
+        train_transform(["mixup"], pre, cfg)
+
+
+# --- checkpoints and resume -----------------------------------------------------------------------
+
+def test_run_folder_history_and_keep(tmp_path):
+    train(tiny(tmp_path / "run", keep=2), log=lambda *a: None)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
+    data = read_checkpoint(run / "last.pt")
+    assert len(data["history"]) == 3 and data["config"]["epochs"] == 3 and "training" not in data
+    best = read_checkpoint(run / "best.pt")
+    assert best["epoch"] == max(data["history"], key=lambda h: h["test_acc"])["epoch"]
+    full = torch.load(run / "checkpoints" / "epoch-0003.pt", weights_only=True)  # safe loading of the full state
+    assert set(full["training"]) == {"epoch", "optimizer", "scheduler", "scaler", "rng"}
+    assert (run / "history.json").is_file() and (run / "history.csv").is_file()
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, torch
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == int(os.environ["KILL_AT_SAVE"]):
+            with open(f, "wb") as fh:
+                fh.write(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *a, **k)
+
+    torch.save = save
+    from xviz.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_resume_after_a_kill_during_a_save_equals_an_uninterrupted_run(tmp_path):
+    args = ["train", "--model", "xviz-demo", "--dataset", "synthetic", "--dataset-options", "size=48",
+            "--epochs", "3", "--batch-size", "16", "--augment", "flip,crop,cutout", "--workers", "0"]
+    full = tmp_path / "full"
+    train(make_config(None, model="xviz-demo", dataset="synthetic", dataset_options={"size": 48}, epochs=3,
+                      batch_size=16, augment=["flip", "crop", "cutout"], out=str(full)), log=lambda *a: None)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    cut = tmp_path / "cut"
+    env = dict(os.environ, KILL_AT_SAVE="4")  # epoch 1 wrote 3 files (epoch, last, best); die inside epoch 2's
+    proc = subprocess.run([sys.executable, str(killer), *args, "--out", str(cut)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(p.name for p in (cut / "checkpoints").iterdir())
+    assert left[-1] == "epoch-0001.pt" and left[0].startswith(".epoch-0002.pt.")  # the half-written temporary
+    from xviz.cli import main
+
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
+    ours, ref = weights(cut / "last.pt"), weights(full / "last.pt")
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert read_checkpoint(cut / "last.pt")["history"][-1]["test_acc"] == read_checkpoint(full / "last.pt")["history"][-1]["test_acc"]
+
+
+def test_finished_run_says_so(tmp_path, capsys):
+    from xviz.cli import main
+
+    train(tiny(tmp_path / "run", epochs=1), log=lambda *a: None)
+    before = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert "already finished: 1/1 epochs" in capsys.readouterr().out
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_bad_training_input_is_one_line(tmp_path, capsys):
+    from xviz.cli import main
+
+    train(tiny(tmp_path / "run", epochs=1), log=lambda *a: None)
+    capsys.readouterr()
+    cases = [
+        (["train", "--model", "xviz-demo", "--dataset", "imagenet-22k", "--out", str(tmp_path / "a")], "unknown dataset `imagenet-22k`"),
+        (["train", "--model", "resnet5", "--out", str(tmp_path / "b")], "unknown model `resnet5`"),
+        (["train", "--recipe", "nope", "--out", str(tmp_path / "c")], "unknown recipe `nope`"),
+        (["train", "--model", "xviz-demo", "--out", str(tmp_path / "run")], "already holds a run: continue it with --resume"),
+        (["train", "--resume", str(tmp_path / "empty")], "nothing to resume"),
+        (["train", "--model", "xviz-demo", "--unfreeze", "layer9=2", "--dataset-options", "size=8", "--out", str(tmp_path / "d")],
+         "unknown parameter group `layer9`"),
+        (["train", "--model", "xviz-demo", "--epochs", "0", "--out", str(tmp_path / "e")], "`epochs = 0` must be at least 1"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("xviz: error: ") and fragment in err, err
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    train(tiny(tmp_path / "run", epochs=1), log=lambda *a: None)
+    with pytest.raises(XvizError, match="is a run of model `xviz-demo`, not `cifar_resnet18`"):
+        train(tiny(tmp_path / "run", model="cifar_resnet18", epochs=2), resume=True)
+
+
+def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def full_disk(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] >= 4:
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(XvizError, match=r"No space left on device\): the last good checkpoint `.*epoch-0001.pt` is intact"):
+        train(tiny(tmp_path / "run"), log=lambda *a: None)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-0001.pt"]
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")["training"]["epoch"] == 1
+    assert train(tiny(tmp_path / "run"), resume=True, log=lambda *a: None).history[-1]["epoch"] == 3
+
+
+# --- models and transfer --------------------------------------------------------------------------
+
+def test_transfer_loads_only_matching_layers(tmp_path):
+    from xviz.models import model_registry, transfer_state
+
+    specs = model_registry()
+    source = specs["cifar_resnet18"].build(10).state_dict()
+    target = specs["cifar_resnet18"].build(200)
+    report = transfer_state(target, source)
+    assert report.skipped == ["fc.weight", "fc.bias"] and report.initialised == ["fc.weight", "fc.bias"]
+    assert "shape (10, 512) vs (200, 512)" in report.summary()
+    assert torch.equal(target.state_dict()["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
+    assert len(report.loaded) == len(source) - 2
+    backbone_only = transfer_state(specs["cifar_resnet18"].build(10), source, exclude=("fc.",))
+    assert backbone_only.reasons["fc.weight"] == "excluded"
+
+
+def test_training_from_a_checkpoint_with_another_head(tmp_path, capsys):
+    train(tiny(tmp_path / "src", epochs=1), log=print)
+    cfg = tiny(tmp_path / "dst", epochs=1, weights=str(tmp_path / "src" / "last.pt"),
+               dataset_options={"size": 12, "image_size": 32})
+    train(cfg, log=print)
+    out = capsys.readouterr().out
+    assert "loaded 32 tensors" in out or "loaded" in out
+
+
+def test_concat_head_structure():
+    from xviz.models import model_registry
+
+    model = model_registry()["resnet18"].build(7, head="concat")
+    kinds = [type(m).__name__ for m in model.fc]
+    assert type(model.avgpool).__name__ == "AdaptiveConcatPool2d"
+    assert kinds == ["Flatten", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
+    assert model.fc[1].num_features == 1024 and model.fc[2].p == 0.25 and model.fc[6].p == 0.5
+    x = torch.randn(2, 512, 3, 3)
+    assert torch.equal(model.avgpool(x)[:, :512, 0, 0], x.amax((2, 3)))
+    with pytest.raises(XvizError, match="unknown head `mlp`"):
+        model_registry()["resnet18"].build(7, head="mlp")
+
+
+def test_cifar_resnet18_architecture():
+    from xviz.models import model_registry
+
+    model = model_registry()["cifar_resnet18"].build(10)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962  # kuangliu's ResNet18
+    from xviz.hooks import spatial_layers
+
+    assert spatial_layers(model, torch.randn(1, 3, 32, 32))[-1] == ("layer4", (512, 4, 4))
+
+
+# --- distributed ------------------------------------------------------------------------------------
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "xviz", "train", "--model", "xviz-demo", "--dataset", "synthetic", "--dataset-options", "size=32",
+           "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 2/2 - train loss") == 1  # rank 0 alone logs
+    data = read_checkpoint(out / "last.pt")
+    assert len(data["history"]) == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
