@@ -52,8 +52,8 @@ def pointing_game(demo, method):
 def test_accuracy_and_pointing_game_on_the_test_split(demo, method):
     accuracy, on_object, on_part = pointing_game(demo, method)
     assert accuracy >= 0.95
-    assert on_object >= 0.75  # measured 0.81 for both; uniform random points land on the object ~0.08
-    assert on_part >= 0.35  # the class-defining part covers ~2% of the image
+    assert on_object >= 0.75  # measured 0.79 for both; uniform random points land on the object ~0.08
+    assert on_part >= 0.30  # measured 0.35; the class-defining part covers ~2% of the image
 
 
 class Scaled(nn.Module):
@@ -67,7 +67,7 @@ class Scaled(nn.Module):
 
 def test_gradcampp_equals_pytorch_grad_cam_on_the_trained_model(demo):
     """On the bundled model the gradients at `features` are ~1e-3, so pytorch-grad-cam's +1e-6 next to
-    G^2 ~ 1e-6 moves its maps (by 0.04 here); with scores scaled by 1e4 it is negligible and both agree."""
+    G^2 ~ 1e-6 moves its maps (by 0.06 here); with scores scaled by 1e4 it is negligible and both agree."""
     from pytorch_grad_cam import GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -81,8 +81,8 @@ def test_gradcampp_equals_pytorch_grad_cam_on_the_trained_model(demo):
 
 @pytest.mark.slow
 def test_the_documented_command_reproduces_the_demo_model(run_cli, tmp_path):
-    out = tmp_path / "demo.pt"
-    code, stdout, err = run_cli("train", "--model", "xviz-demo", "--weights", "none", "--dataset", "synthetic",
-                                "--epochs", "15", "--out", out)
+    code, stdout, err = run_cli("train", "--recipe", "xviz-demo", "--out", tmp_path / "run")
     assert code == 0, err
-    assert read_checkpoint(out)["history"][-1]["test_acc"] >= 0.95
+    ours = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ours["history"][-1]["test_acc"] >= 0.95
+    assert ours["config"] == read_checkpoint(CHECKPOINT)["config"] | {"out": str(tmp_path / "run")}

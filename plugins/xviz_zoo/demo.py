@@ -2,8 +2,8 @@
 
 Reproduce the shipped checkpoint with::
 
-    xviz train --model xviz-demo --weights none --dataset synthetic --epochs 15 \
-        --out plugins/xviz_zoo/assets/xviz-demo.pt
+    xviz train --recipe xviz-demo --out runs/xviz-demo
+    cp runs/xviz-demo/last.pt plugins/xviz_zoo/assets/xviz-demo.pt
 """
 
 from pathlib import Path
