@@ -1,17 +1,191 @@
-# placeholder until the history module lands
-import csv, json
+"""Training history: one dict per epoch (``epoch``, ``train_loss``, ``train_acc``, ``test_loss``,
+``test_acc``, ``lr``, ``seconds``; accuracies are fractions 0-1), saved as JSON and CSV, read back from
+a run folder, a file or a checkpoint, and drawn as the comparison-of-attempts figure.
+
+    write_history("runs/a", history)                   # runs/a/history.json, runs/a/history.csv
+    runs = {"flip": read_history("runs/a"), "cutout": read_history("runs/b/last.pt")}
+    plot_history(runs, "attempts.png")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
 from pathlib import Path
-from xviz.render import atomic_write
+
+from xviz.errors import XvizError
+from xviz.render import atomic_write, save_png
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar")
+
+# (key, panel title, y label, is accuracy), in the order of the 2x2 grid
+PANELS = (
+    ("train_acc", "train accuracy", "accuracy (%)", True),
+    ("train_loss", "train loss", "loss", False),
+    ("test_acc", "test accuracy", "accuracy (%)", True),
+    ("test_loss", "test loss", "loss", False),
+)
 
 
-def write_history(run_dir, history):
+# --- writing -------------------------------------------------------------------------------------
+
+def _plain(value):
+    """JSON for numpy scalars and 0-d tensors (``.item()``); anything else unknown as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def write_history(run_dir, history) -> tuple[Path, Path]:
+    """Write ``run_dir/history.json`` (a list of dicts) and ``run_dir/history.csv`` (header: the union
+    of the keys in first-seen order; a row without a key leaves its cell empty), both atomically."""
     run_dir = Path(run_dir)
-    j = atomic_write(run_dir / "history.json", lambda t: Path(t).write_text(json.dumps(history, indent=1)))
-    keys = list(dict.fromkeys(k for row in history for k in row))
+    rows = [dict(row) for row in history]
+    text = json.dumps(rows, indent=1, default=_plain)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, keys, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (_plain(v) if hasattr(v, "item") else v) for k, v in row.items()})
+    json_path = atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    csv_path = atomic_write(run_dir / "history.csv",
+                            lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8", newline=""))
+    return json_path, csv_path
 
-    def w(t):
-        with open(t, "w", newline="") as fh:
-            wr = csv.DictWriter(fh, keys)
-            wr.writeheader()
-            wr.writerows(history)
-    return j, atomic_write(run_dir / "history.csv", w)
+
+# --- reading -------------------------------------------------------------------------------------
+
+def read_history(source) -> list[dict]:
+    """The per-epoch history of ``source``: a run folder (its ``history.json``, else ``history.csv``,
+    else ``last.pt``), a ``.json`` or ``.csv`` file, or an xviz checkpoint (its ``"history"``, loaded
+    with ``weights_only=True``). Anything missing or unreadable raises a one-line :class:`XvizError`."""
+    path = Path(source)
+    if path.is_dir():
+        for name in ("history.json", "history.csv", "last.pt", "best.pt"):
+            if (path / name).is_file():
+                return read_history(path / name)
+        raise XvizError(f"run folder `{path}` holds no history.json, history.csv or last.pt: "
+                        "give the folder of an `xviz train` run, or a history file")
+    if not path.is_file():
+        raise XvizError(f"history source `{path}` does not exist: give a run folder, "
+                        "a history .json/.csv file or an xviz checkpoint")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        rows = _read_json(path)
+    elif suffix == ".csv":
+        rows = _read_csv(path)
+    elif suffix in CHECKPOINT_SUFFIXES:
+        from xviz.checkpoint import read_checkpoint
+
+        data = read_checkpoint(path)
+        if "history" not in data:
+            raise XvizError(f"checkpoint `{path}` carries no training history (it holds weights only)")
+        rows = data["history"]
+    else:
+        raise XvizError(f"`{path}` is not a history file: expected a run folder, a .json or .csv history "
+                        f"or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise XvizError(f"`{path}` does not hold a history (expected a list of per-epoch records)")
+    return [dict(row) for row in rows]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
+def _read_json(path: Path):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise XvizError(f"`{path}` is not a readable JSON history ({_first_line(exc)})") from None
+    if isinstance(data, dict) and "history" in data:  # e.g. a dumped checkpoint or result record
+        data = data["history"]
+    return data
+
+
+def _number(text: str):
+    """A CSV cell as int, float or (if neither) the text itself."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = [{k: _number(v) for k, v in row.items() if k is not None and v not in (None, "")}
+                    for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise XvizError(f"`{path}` is not a readable CSV history ({_first_line(exc)})") from None
+    return rows
+
+
+# --- the figure ----------------------------------------------------------------------------------
+
+def _series(history: list[dict], key: str, accuracy: bool):
+    """Epochs and values of ``key`` (rows without it, or with a non-number, skipped); accuracies in
+    percent: a run whose values are all within [0, 1] is taken as fractions and multiplied by 100."""
+    xs, ys = [], []
+    for position, row in enumerate(history, start=1):
+        value = row.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        epoch = row.get("epoch", position)
+        xs.append(epoch if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else position)
+        ys.append(float(value))
+    if accuracy and ys and max(abs(y) for y in ys) <= 1.0:
+        ys = [100.0 * y for y in ys]
+    return xs, ys
+
+
+def plot_history(runs: dict[str, list[dict]], path, title: str | None = None) -> Path:
+    """The comparison-of-attempts figure: a 2x2 grid (train accuracy, train loss, test accuracy, test
+    loss) vs epoch, one line per run in the same colour in every panel, a shared legend (with each run's
+    best test accuracy), accuracies in percent; written as a PNG with :func:`xviz.render.save_png`."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    if not runs:
+        raise XvizError("nothing to plot: no runs were given")
+    palette = colormaps["tab10"].colors if len(runs) <= 10 else colormaps["tab20"].colors
+    fig = Figure(figsize=(11, 7.6))
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    handles = []
+    for r, (name, history) in enumerate(runs.items()):
+        color = palette[r % len(palette)]
+        longest = max((len(_series(history, key, acc)[0]) for key, _, _, acc in PANELS), default=0)
+        marker = "o" if longest <= 30 else None
+        for ax, (key, _, _, accuracy) in zip(axes, PANELS):
+            xs, ys = _series(history, key, accuracy)
+            if xs:
+                ax.plot(xs, ys, color=color, marker=marker, markersize=3.5, linewidth=1.6)
+        xs, ys = _series(history, "test_acc", True)
+        label = str(name) if not ys else f"{name} (best test {max(ys):.2f}% at epoch {xs[ys.index(max(ys))]})"
+        handles.append(Line2D([], [], color=color, marker=marker, markersize=4, linewidth=1.6, label=label))
+    for ax, (key, panel_title, ylabel, _) in zip(axes, PANELS):
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no `{key}` in these runs", transform=ax.transAxes, ha="center", va="center",
+                    color="0.5")
+    for ax in axes[2:]:
+        ax.set_xlabel("epoch")
+        ax.tick_params(labelbottom=True)
+    ncol = min(len(handles), 3)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 0.95 if title else 1))
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return save_png(fig, path)
