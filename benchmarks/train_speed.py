@@ -4,7 +4,7 @@ Same model (CIFAR ResNet-18), same data (synthetic part images at 32x32), same b
 schedule. Prints images per second of each and the ratio; on CUDA it also runs xviz without mixed
 precision and channels_last to show what they bring.
 
-    python benchmarks/train_speed.py                     # 1 epoch of 1024 images, batch 128, 3 repeats
+    python benchmarks/train_speed.py                     # 1 epoch of 256 images, batch 64, 3 repeats
     python benchmarks/train_speed.py --images 4096 --repeats 5
 """
 
@@ -77,8 +77,8 @@ def with_xviz(args, **overrides) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()

@@ -227,7 +227,8 @@ def test_automatic_layer_is_the_last_spatial_module(tiny, images, pm):
     from xviz.explainer import resolve_layer
 
     assert resolve_layer(tiny, None, images, None, pm) == ("body", "last spatial")
-    exp = run(tiny, images, pm=pm)["gradcam"]
+    with pytest.warns(UserWarning, match="explaining layer `body`, the last with a spatial output"):
+        exp = run(tiny, images, pm=pm)["gradcam"]
     assert exp.layer == "body" and exp.raw.shape[-2:] == (8, 8)
 
 
@@ -287,3 +288,25 @@ def test_inplace_add_in_resnet_blocks(layer):
     model.zero_grad(set_to_none=True)
     ref = torch.relu((store["g"].mean((2, 3), keepdim=True) * store["a"]).sum(1))
     np.testing.assert_allclose(exp.raw[:, 0], ref.numpy(), rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+
+
+def test_constant_maps_stay_zero_after_upsampling():
+    """A map that is constant at feature size must not become an upsampling-noise heatmap."""
+    for raw in (torch.full((1, 1, 1, 1), 4.81), torch.full((1, 1, 2, 2), 0.3), torch.zeros(1, 1, 7, 7)):
+        assert normalize_maps(raw, (224, 224)).abs().max() == 0
+
+
+def test_non_spatial_layer_and_half_precision(tiny, images):
+    with pytest.raises(XvizError, match=r"layer `head\.0` outputs shape \(4, 12, 1, 1\), not a spatial map"):
+        run(tiny, images, layer="head.0")
+    full = run(tiny, images, ["gradcampp"], layer="body.4")["gradcampp"]
+    half = run(copy.deepcopy(tiny).to(torch.bfloat16), images, ["gradcampp"], layer="body.4")["gradcampp"]
+    assert (full.targets == half.targets).all() and np.abs(full.maps - half.maps).max() < 0.1
+
+
+def test_ambiguous_class_name():
+    from xviz.explainer import class_index
+
+    assert class_index("Crane", ["crane", "dog"], 2) == 0
+    with pytest.raises(XvizError, match="class name `crane` is ambiguous: classes 0, 2; give the index"):
+        class_index("crane", ["crane", "dog", "crane"], 3)

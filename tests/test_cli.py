@@ -141,7 +141,10 @@ def test_checkpoint_of_another_architecture(run_cli, tmp_path, demo):
     assert_one_line_error(code, err, "do not fit model `resnet18`", "missing", "pick the matching --model")
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
     code, _, err = run_cli("explain", "--checkpoint", tmp_path / "junk.pt", SAMPLES)
-    assert_one_line_error(code, err, "is not a readable PyTorch checkpoint")
+    assert_one_line_error(code, err, "is not a PyTorch checkpoint, or it is damaged")
+    torch.save({"model": demo.module}, tmp_path / "pickled.pt")  # a whole pickled module: refused, safely
+    code, _, err = run_cli("explain", "--checkpoint", tmp_path / "pickled.pt", SAMPLES)
+    assert_one_line_error(code, err, "holds Python objects besides weights")
 
 
 def test_checkpoint_explains_like_the_model_it_holds(run_cli, tmp_path, demo):

@@ -48,13 +48,22 @@ def read_checkpoint(path) -> dict:
     """Load a checkpoint file with ``weights_only=True``; a bare state dict is returned as
     ``{"state_dict": ...}``. Errors say what is wrong with the file."""
     path = Path(path)
+    if path.is_dir():  # a training run folder: its best model
+        inside = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), None)
+        if inside is None:
+            raise XvizError(f"`{path}` is a folder without best.pt or last.pt: pass a checkpoint file")
+        path = inside
     if not path.is_file():
         raise XvizError(f"checkpoint `{path}` does not exist: check the path")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise XvizError(f"checkpoint `{path}` cannot be read (permission denied): check its permissions") from None
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise XvizError(f"`{path}` is not a readable PyTorch checkpoint ({reason[:160]})") from None
+        if "Unsupported global" in str(exc) or "allowed global" in str(exc):
+            raise XvizError(f"`{path}` holds Python objects besides weights, so it is not loaded (weights_only): "
+                            "re-save it with torch.save(model.state_dict(), ...)") from None
+        raise XvizError(f"`{path}` is not a PyTorch checkpoint, or it is damaged") from None
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return data
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):

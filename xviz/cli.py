@@ -6,6 +6,7 @@ A user's mistake ends in one line ``xviz: error: ...`` on stderr and exit code 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def writable_folder(path) -> Path:
+    """``path`` as a folder that exists and can be written, or an error saying why not."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise XvizError(f"`{folder}` is a file, not a folder: choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XvizError(f"cannot create the folder `{folder}` ({exc.strerror or exc}): choose another --out") from None
+    if not os.access(folder, os.W_OK):
+        raise XvizError(f"cannot write into `{folder}` (permission denied): choose another --out")
+    return folder
+
+
 def _split_methods(values) -> list[str]:
     return [name.strip() for v in (values or ["gradcam"]) for name in v.split(",") if name.strip()]
 
@@ -35,7 +50,7 @@ def cmd_explain(args) -> int:
     from tqdm import tqdm
 
     from xviz.explainer import class_index, explain_tensors, resolve_layer, resolve_methods
-    from xviz.explanation import safe_name, save_npy
+    from xviz.explanation import output_name, output_stems, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
     from xviz.render import enlarge, get_cmap, grid, overlay, panel, save_png
@@ -48,6 +63,7 @@ def cmd_explain(args) -> int:
     if args.batch_size < 1:
         raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
     paths = list_images(args.images)
+    writable_folder(args.out)
     if len(paths) == 1:
         read_image(paths[0])  # a single bad image is the whole error
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
@@ -55,8 +71,11 @@ def cmd_explain(args) -> int:
         class_index(args.target, model.class_names, len(model.class_names))
     if args.topk > len(model.class_names):
         raise XvizError(f"`--topk {args.topk}` exceeds the model's {len(model.class_names)} classes")
-    out_dir = Path(args.out)
-    layer, rows, failures, used_stems = args.layer, [], [], set()
+    out_dir = writable_folder(args.out)
+    stems = dict(zip(paths, output_stems([str(p) for p in paths])))
+    one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
+    shown = {p: p.name if one_folder else str(p) for p in paths}  # the image column of the table
+    layer, rows, failures = args.layer, [], []
     gallery = {m.name: ([], [], []) for m in methods}  # method -> views, heatmaps, titles for --grid
     bar = tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2, file=sys.stderr)
     for start in range(0, len(paths), args.batch_size):
@@ -81,32 +100,31 @@ def cmd_explain(args) -> int:
                                        inputs_names=[str(p) for p in batch_paths], pm=args.pm)
         if announce:
             tqdm.write(announce, file=sys.stderr)
-        for i, (path, view) in enumerate(zip(batch_paths, views)):
-            stem = safe_name(path.stem)
-            while stem in used_stems:
-                stem += "_"
-            used_stems.add(stem)
-            for exp in explanations:
-                for k in range(exp.topk):
-                    target_name = exp.target_names[i][k]
-                    suffix = f"_top{k + 1}-{safe_name(target_name)}" if exp.topk > 1 else ""
-                    base = out_dir / f"{stem}_{exp.method}{suffix}"
-                    heat = exp.maps[i, k]
-                    written = save_png(enlarge(overlay(view, heat, args.alpha, args.cmap, exp.signed)), f"{base}.png")
-                    if args.panel:
-                        title = (f"{exp.method}: predicted {exp.prediction_names[i]} ({exp.prediction_scores[i]:.1%})"
-                                 f", explaining {target_name}")
-                        save_png(panel(view, heat, title, args.alpha, args.cmap, exp.signed), f"{base}_panel.png")
-                    if args.grid:
-                        views_, heats_, titles_ = gallery[exp.method]
-                        views_.append(view)
-                        heats_.append(heat)
-                        titles_.append(f"{path.name}\n{target_name} ({exp.scores[i, k]:.0%})")
-                    if args.save_raw:
-                        save_npy(exp.raw[i, k], Path(f"{base}_raw.npy"))
-                    rows.append([path.name, exp.prediction_names[i], f"{exp.prediction_scores[i]:.3f}",
-                                 f"{target_name} ({exp.scores[i, k]:.3f})", exp.method, str(written)])
-            bar.update(1)
+        try:
+            for i, (path, view) in enumerate(zip(batch_paths, views)):
+                for exp in explanations:
+                    for k in range(exp.topk):
+                        target_name = exp.target_names[i][k]
+                        base = out_dir / output_name(stems[path], exp.method, k, exp.topk, target_name)
+                        heat = exp.maps[i, k]
+                        written = save_png(enlarge(overlay(view, heat, args.alpha, args.cmap, exp.signed)), f"{base}.png")
+                        if args.panel:
+                            title = (f"{exp.method}: predicted {exp.prediction_names[i]} ({exp.prediction_scores[i]:.1%})"
+                                     f", explaining {target_name}")
+                            save_png(panel(view, heat, title, args.alpha, args.cmap, exp.signed), f"{base}_panel.png")
+                        if args.grid:
+                            views_, heats_, titles_ = gallery[exp.method]
+                            views_.append(view)
+                            heats_.append(heat)
+                            titles_.append(f"{path.name}\n{target_name} ({exp.scores[i, k]:.0%})")
+                        if args.save_raw:
+                            save_npy(exp.raw[i, k], Path(f"{base}_raw.npy"))
+                        rows.append([shown[path], exp.prediction_names[i], f"{exp.prediction_scores[i]:.3f}",
+                                     f"{target_name} ({exp.scores[i, k]:.3f})", exp.method, str(written)])
+                bar.update(1)
+        except OSError as exc:
+            raise XvizError(f"could not write into `{out_dir}` ({exc.strerror or exc}); {len(rows)} overlay(s) were "
+                            "written before: free space or choose another --out") from None
     bar.close()
     if rows:
         print(_table(rows, ["image", "predicted", "prob", "explained target (prob)", "method", "overlay"]))
@@ -173,7 +191,8 @@ def cmd_layers(args) -> int:
     from xviz.hooks import spatial_layers
     from xviz.models import load_model
 
-    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm)
+    weights = args.weights or "none"  # names and shapes do not depend on the weights: nothing to download
+    model = load_model(args.model, weights=weights, checkpoint=args.checkpoint, pm=args.pm)
     size = model.preprocessing.crop or model.preprocessing.resize or 224
     example = torch.zeros(1, 3, size, size)
     default, _ = resolve_layer(model.module, None, example, model.name, args.pm)
@@ -241,13 +260,17 @@ def cmd_train(args) -> int:
         if latest is None:
             raise XvizError(f"nothing to resume in `{args.resume}`: it holds no checkpoint")
         cfg = TrainConfig(**latest["config"])
-        if args.epochs:
+        if args.epochs is not None:
             cfg.epochs = args.epochs
         cfg.out = args.resume
         result = train(cfg.validate(), resume=True, pm=args.pm)
     else:
         cfg = _config_from_args(args)
-        print(f"training `{cfg.model}` on `{cfg.dataset}` for {cfg.epochs} epochs -> {cfg.out}/")
+        out = Path(cfg.out)
+        if out.suffix in (".pt", ".pth"):
+            raise XvizError(f"`--out {out}` names a run folder, not a checkpoint file: e.g. --out {out.with_suffix('')}")
+        if out.exists() and not out.is_dir():
+            raise XvizError(f"`{out}` is a file, not a folder: choose another --out")
         result = train(cfg, pm=args.pm)
     if not result.finished_before:
         print(f"best test accuracy {100 * result.best_acc:.2f}%; checkpoints in {result.run}/ "
@@ -340,6 +363,7 @@ def build_parser(pm) -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list plugins, where they come from, their versions").set_defaults(func=cmd_plugins)
     p = sub.add_parser("layers", help="list a model's layers with spatial outputs")
     model_args(p)
+    p.set_defaults(weights=None)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("train", help="train a model; writes a run folder with checkpoints and history",

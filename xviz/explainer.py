@@ -9,12 +9,15 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from xviz import registry
@@ -45,7 +48,7 @@ def resolve_methods(names: Iterable[str | Method], pm=None) -> list[Method]:
 
 
 def resolve_layer(model: nn.Module, layer: str | None, example: torch.Tensor, model_name: str | None = None,
-                  pm=None) -> tuple[str, str]:
+                  pm=None, warn: bool = False) -> tuple[str, str]:
     """The target layer's name and how it was chosen: ``"given"``, ``"plugin"`` (the
     ``xviz_default_target_layer`` hook) or ``"last spatial"`` (the last module whose output is
     (N, C, h, w) with h * w > 1)."""
@@ -61,6 +64,9 @@ def resolve_layer(model: nn.Module, layer: str | None, example: torch.Tensor, mo
     if not candidates:
         raise XvizError("the model has no layer with a spatial output (N, C, h, w): layer methods such as "
                         "GradCAM do not apply to it")
+    if warn:
+        warnings.warn(f"explaining layer `{candidates[-1][0]}`, the last with a spatial output; pass layer= "
+                      "to choose another", stacklevel=3)
     return candidates[-1][0], "last spatial"
 
 
@@ -84,11 +90,12 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
     """A class given by index (``3``, ``"3"``) or by name (case-insensitive)."""
     if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
         names = list(class_names)
-        if target in names:
-            return names.index(target)
-        lowered = [c.lower() for c in names]
-        if target.lower() in lowered:
-            return lowered.index(target.lower())
+        hits = [i for i, c in enumerate(names) if c == target] or \
+            [i for i, c in enumerate(names) if c.lower() == target.lower()]
+        if len(hits) > 1:
+            raise XvizError(f"class name `{target}` is ambiguous: classes {', '.join(map(str, hits))}; give the index")
+        if hits:
+            return hits[0]
         close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(f'`{c}`' for c in close)}? " if close else ""
         raise XvizError(f"unknown class `{target}`: {hint}give a class index 0-{num_classes - 1} or a name "
@@ -101,9 +108,13 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
 
 def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False) -> torch.Tensor:
     """(N, K, h, w) -> (N, K, H, W): bilinear upsampling (``align_corners=False``) to ``size``, then per map
-    ``(x - min) / (max - min)`` (a constant map becomes 0), or ``x / max|x|`` when ``signed``."""
+    ``(x - min) / (max - min)``, or ``x / max|x|`` when ``signed``. A map constant at its own resolution
+    (spread <= 1e-6 of its magnitude, e.g. all zero after the ReLU) becomes 0, not an upsampling artefact."""
     maps = raw.detach().float()
     n, k, h, w = maps.shape
+    raw_flat = maps.reshape(n, k, -1)
+    spread = raw_flat.amax(-1, keepdim=True) - raw_flat.amin(-1, keepdim=True)
+    constant = spread <= 1e-6 * raw_flat.abs().amax(-1, keepdim=True)  # also true for all-zero maps
     if (h, w) != tuple(size):
         maps = F.interpolate(maps.reshape(n * k, 1, h, w), size=size, mode="bilinear", align_corners=False)
     flat = maps.reshape(n, k, -1)
@@ -113,7 +124,7 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = Fals
         flat = torch.where(scale > 0, flat / scale.clamp_min(tiny), torch.zeros_like(flat))
         return flat.clamp(-1.0, 1.0).view(n, k, *size)
     lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
-    flat = torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(tiny), torch.zeros_like(flat))
+    flat = torch.where(constant, torch.zeros_like(flat), (flat - lo) / (hi - lo).clamp_min(tiny))
     return flat.clamp(0.0, 1.0).view(n, k, *size)
 
 
@@ -131,14 +142,18 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     class_names = list(loaded.class_names) if loaded else []
     pm = pm or registry.default_plugin_manager()
     chosen = resolve_methods(methods, pm)
-    if inputs.dim() != 4:
-        raise XvizError(f"inputs must be a (N, 3, H, W) batch, got shape {tuple(inputs.shape)}")
-    device = next(module.parameters(), torch.empty(0)).device
-    inputs = inputs.to(device)
+    if inputs.dim() != 4 or inputs.shape[0] == 0:
+        raise XvizError(f"inputs must be a non-empty (N, 3, H, W) batch, got shape {tuple(inputs.shape)}")
+    if target is not None and not isinstance(target, (int, str)):
+        raise XvizError(f"target must be one class index or name for all images, got {type(target).__name__}; "
+                        "explain images with different targets in separate calls")
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if reference is not None:
+        inputs = inputs.to(device=reference.device, dtype=reference.dtype)
     needs_layer = any(m.uses_layer for m in chosen)
     layer_name = None
     if needs_layer:
-        layer_name, _ = resolve_layer(module, layer, inputs, loaded.name if loaded else None, pm)
+        layer_name, _ = resolve_layer(module, layer, inputs, loaded.name if loaded else None, pm, warn=True)
 
     with torch.inference_mode(False), torch.enable_grad(), preserved_state(module):
         if inputs.is_inference():
@@ -160,9 +175,9 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         try:
             raws = []
             for m in chosen:
-                if m.uses_layer and activation.dim() != 4:
-                    raise XvizError(f"layer `{layer_name}` outputs shape {tuple(activation.shape)}, not (N, C, h, w): "
-                                    f"`{m.name}` needs a convolutional layer (see `xviz layers`)")
+                if m.uses_layer and (activation.dim() != 4 or activation.shape[2] * activation.shape[3] == 1):
+                    raise XvizError(f"layer `{layer_name}` outputs shape {tuple(activation.shape)}, not a spatial map "
+                                    f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
                 raws.append(m.compute(ctx).detach())
         finally:
             ctx.release()
@@ -199,18 +214,25 @@ def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method
             layer: str | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
     """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
     method covering all images."""
-    from PIL import Image
-
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    if isinstance(methods, (str, Method)):
+        methods = [methods]
+    if not isinstance(model, LoadedModel):
+        raise XvizError("explain() needs a LoadedModel (xviz.load_model(...)) to know the preprocessing; "
+                        "for a bare nn.Module and a preprocessed batch use xviz.explainer.explain_tensors")
     if not images:
         raise XvizError("no images given to explain")
+    if batch_size < 1:
+        raise XvizError(f"batch_size {batch_size} must be at least 1")
     pm = pm or registry.default_plugin_manager()
-    pil = [im if isinstance(im, Image.Image) else read_image(im) for im in images]
     names = [getattr(im, "filename", "") or "" if isinstance(im, Image.Image) else str(im) for im in images]
     parts: list[list[Explanation]] = []
-    for start in range(0, len(pil), batch_size):
-        batch = torch.stack([model.preprocessing.tensor(im) for im in pil[start:start + batch_size]])
+    for start in range(0, len(images), batch_size):
+        chunk = [im if isinstance(im, Image.Image) else read_image(im) for im in images[start:start + batch_size]]
+        batch = torch.stack([model.preprocessing.tensor(im) for im in chunk])
         if layer is None and any(m.uses_layer for m in resolve_methods(methods, pm)):
-            layer, _ = resolve_layer(model.module, None, batch, model.name, pm)  # once, not per batch
+            layer, _ = resolve_layer(model.module, None, batch, model.name, pm, warn=True)  # once, not per batch
         parts.append(explain_tensors(model, batch, methods, layer=layer, target=target, topk=topk,
                                      inputs_names=names[start:start + batch_size], pm=pm))
     return [concat(list(group)) for group in zip(*parts)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,9 @@ class Explanation:
 
     * ``raw``: (N, K, h, w) float32, the method's map at the explained layer's resolution
       (e.g. ``ReLU(sum_k w_k A_k)`` for GradCAM), unnormalised.
-    * ``maps``: (N, K, H, W) float32 at the input size: ``raw`` min-max normalised per map to
-      [0, 1] (a constant map becomes 0), then bilinearly upsampled. Signed methods scale by the
-      largest magnitude instead, giving [-1, 1].
+    * ``maps``: (N, K, H, W) float32 at the input size: ``raw`` bilinearly upsampled, then min-max
+      normalised per map to [0, 1] (a constant map becomes 0). Signed methods scale by the largest
+      magnitude instead, giving [-1, 1].
     * ``targets``: (N, K) class indices explained; ``target_names`` their names; ``scores``
       (N, K) the softmax probability of each target.
     * ``predictions``/``prediction_names``/``prediction_scores``: the top-1 class of each image.
@@ -60,23 +61,42 @@ class Explanation:
         return self.maps[i, k]
 
     def save(self, directory: str | Path, cmap: str | None = None) -> list[Path]:
-        """Write ``<input>_<method>[_<target>].png`` (colormapped map) per image and target, and
+        """Write ``<input>_<method>[_top<k>-<target>].png`` (colormapped map) per image and target, and
         ``<method>.npy`` holding ``maps``; returns the paths written."""
         directory = Path(directory)
         cmap = cmap or (DEFAULT_SIGNED_CMAP if self.signed else DEFAULT_CMAP)
         written = []
-        for i in range(len(self)):
-            stem = Path(self.inputs[i]).stem if i < len(self.inputs) and self.inputs[i] else f"image{i}"
+        inputs = [self.inputs[i] if i < len(self.inputs) else "" for i in range(len(self))]
+        for i, stem in enumerate(output_stems(inputs)):
             for k in range(self.topk):
-                suffix = f"_{self.target_names[i][k]}" if self.topk > 1 else ""
-                path = directory / f"{stem}_{self.method}{safe_name(suffix)}.png"
-                written.append(save_png(colorize(self.maps[i, k], cmap, self.signed), path))
+                name = output_name(stem, self.method, k, self.topk, self.target_names[i][k])
+                written.append(save_png(colorize(self.maps[i, k], cmap, self.signed), directory / f"{name}.png"))
         written.append(save_npy(self.maps, directory / f"{self.method}.npy"))
         return written
 
 
 def save_npy(array: np.ndarray, path: Path) -> Path:
     return atomic_write(path, lambda tmp: np.save(tmp, np.asarray(array)))
+
+
+def output_stems(inputs) -> list[str]:
+    """A distinct file-name stem per input: its stem; its folder's name and stem where two inputs
+    share a stem; a counter beyond that; ``image<i>`` for unnamed inputs."""
+    stems = [safe_name(Path(p).stem) if p else f"image{i}" for i, p in enumerate(inputs)]
+    clash = Counter(stems)
+    stems = [safe_name(f"{Path(p).parent.name}-{Path(p).stem}") if p and clash[s] > 1 else s
+             for p, s in zip(inputs, stems)]
+    seen: Counter = Counter()
+    out = []
+    for s in stems:
+        seen[s] += 1
+        out.append(s if seen[s] == 1 else f"{s}-{seen[s]}")
+    return out
+
+
+def output_name(stem: str, method: str, k: int, topk: int, target_name: str) -> str:
+    """``<stem>_<method>``, plus ``_top<k>-<target>`` when several targets are explained."""
+    return f"{stem}_{method}" + (f"_top{k + 1}-{safe_name(target_name)}" if topk > 1 else "")
 
 
 def safe_name(text: str) -> str:

@@ -97,7 +97,7 @@ def first_output(output) -> torch.Tensor:
 
 
 def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
-    """Modules whose output is (N, C, h, w) with h * w > 1, in the order they finish, with shapes.
+    """Modules whose output is (N, C, h, w) with h * w > 1, in the order they (last) finish, with shapes.
 
     Runs one forward pass of ``example`` under ``no_grad`` with temporary hooks."""
     names = {m: n for n, m in model.named_modules() if n}
@@ -116,4 +116,5 @@ def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, t
     finally:
         for h in handles:
             h.remove()
-    return order
+    last = {name: i for i, (name, _) in enumerate(order)}  # a module run twice is listed once, at its last call
+    return [item for i, item in enumerate(order) if last[item[0]] == i]

@@ -21,6 +21,7 @@ from xviz.errors import XvizError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 8
 MAX_PIXELS = 400_000_000  # 20000 x 20000; beyond that a decode alone needs over a GiB
+RESIZE_LIMIT = 16_000_000  # a resized image larger than this (a thin strip) is cropped while resizing
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -30,6 +31,8 @@ def read_image(path: str | Path) -> Image.Image:
         raise XvizError(f"image `{path}` does not exist: check the path")
     if path.is_dir():
         raise XvizError(f"`{path}` is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise XvizError(f"image `{path}` is empty (0 bytes)")
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
@@ -51,6 +54,8 @@ def read_image(path: str | Path) -> Image.Image:
         ) from None
     except Image.DecompressionBombError:
         raise XvizError(f"image `{path}` has over {MAX_PIXELS:,} pixels: downscale it first") from None
+    except PermissionError:
+        raise XvizError(f"image `{path}` cannot be read (permission denied): check its permissions") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise XvizError(f"image `{path}` is damaged or truncated ({exc}): re-export or replace it") from None
     finally:
@@ -116,6 +121,12 @@ class Preprocessing:
             short, long = (w, h) if w <= h else (h, w)
             new_short, new_long = self.resize, max(1, int(self.resize * long / short))
             size = (new_short, new_long) if w <= h else (new_long, new_short)
+            if self.crop and self.crop <= new_short and new_short * new_long > RESIZE_LIMIT:
+                # an extreme strip: resize only the region the center crop keeps, not the whole image
+                left = int(round((size[0] - self.crop) / 2.0)) * w / size[0]
+                top = int(round((size[1] - self.crop) / 2.0)) * h / size[1]
+                box = (left, top, left + self.crop * w / size[0], top + self.crop * h / size[1])
+                return img.resize((self.crop, self.crop), _INTERPOLATIONS[self.interpolation], box=box)
             img = img.resize(size, _INTERPOLATIONS[self.interpolation])
         if self.crop:
             from torchvision.transforms.functional import center_crop

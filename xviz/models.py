@@ -68,7 +68,7 @@ def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint:
     ``"none"`` for random initialisation, or a path to a checkpoint / state dict of this
     architecture.
     """
-    loaded = _load(name, weights, checkpoint, model_registry(pm))
+    loaded = _load(name, "none" if weights is None else str(weights), checkpoint, model_registry(pm))
     loaded.module.eval()
     return loaded
 
@@ -148,12 +148,16 @@ def torch_device(name: str) -> torch.device:
     name = (name or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise XvizError(f"unknown device `{name}`: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
         raise XvizError("`--device cuda` was asked for but no CUDA GPU is available: use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise XvizError(f"unknown device `{name}`: use auto, cpu or cuda") from None
+    if index and int(index) >= torch.cuda.device_count():
+        raise XvizError(f"`--device {name}`: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
 
 
 @dataclass

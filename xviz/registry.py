@@ -69,9 +69,10 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _invalid_plugin(pm: PluginManager, exc: pluggy.PluginValidationError) -> str:
-    name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
-    source = pm.infos[name].source if name in pm.infos else "a plugin"
+def _invalid_plugin(pm: PluginManager, exc: pluggy.PluginValidationError, name: str | None = None,
+                    source: str | None = None) -> str:
+    name = name or pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
+    source = source or (pm.infos[name].source if name in pm.infos else "a plugin")
     return (f"plugin `{name}` ({source}) is invalid: {_one_line(exc)}; "
             "fix or uninstall it, or set XVIZ_DISABLE_PLUGIN_AUTOLOAD=1")
 
@@ -112,8 +113,7 @@ def _load_entry_points(pm: PluginManager) -> None:
         try:
             pm.register_plugin(plugin, name, f"entry point of {dist_name}", dist.version if dist else "?")
         except pluggy.PluginValidationError as exc:
-            raise XvizError(f"plugin `{name}` (from {dist_name}) is invalid: {_one_line(exc)}; "
-                            "fix or uninstall it, or set XVIZ_DISABLE_PLUGIN_AUTOLOAD=1") from None
+            raise XvizError(_invalid_plugin(pm, exc, name, f"entry point of {dist_name}")) from None
 
 
 def _collect(pm: PluginManager, hook_name: str, what: str) -> dict:

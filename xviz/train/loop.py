@@ -65,8 +65,11 @@ def build_data(cfg: TrainConfig, pm):
     pre = resized(spec.preprocessing, cfg.image_size)
     augment = spec.augment if cfg.augment is None else cfg.augment
     train_tf = train_transform(augment, pre, cfg)
-    train_set = spec.build("train", root=cfg.data, transform=train_tf, **cfg.dataset_options)
-    test_set = spec.build("test", root=cfg.data, transform=pre.tensor, **cfg.dataset_options)
+    try:
+        train_set = spec.build("train", root=cfg.data, transform=train_tf, **cfg.dataset_options)
+        test_set = spec.build("test", root=cfg.data, transform=pre.tensor, **cfg.dataset_options)
+    except (TypeError, ValueError) as exc:
+        raise XvizError(f"dataset `{cfg.dataset}` does not accept the options {cfg.dataset_options}: {exc}") from None
     classes = list(getattr(train_set, "classes", None) or spec.class_names)
     return train_set, test_set, classes, pre
 
@@ -127,6 +130,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
 
     train_set, test_set, classes, pre = build_data(cfg, pm)
     module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
+    if state is None:
+        log(f"training `{cfg.model}` on `{cfg.dataset}` ({len(train_set)} train / {len(test_set)} test images) for "
+            f"{cfg.epochs} epochs on {device} -> {cfg.out}/")
     use_cuda = device.type == "cuda"
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and use_cuda)
     module.to(device)
