@@ -14,6 +14,7 @@ from xviz.images import Preprocessing
 from xviz.models import LoadedModel, ModelSpec, load_checkpoint
 
 from xviz_zoo.cifar import CifarResNet18
+from xviz_zoo.datasets import dataset_specs
 from xviz_zoo.demo import CHECKPOINT, PREPROCESSING, DemoCNN
 from xviz_zoo.heads import set_head
 
@@ -131,7 +132,7 @@ def xviz_register_datasets():
     synthetic = DatasetSpec("synthetic", build, CLASSES, PREPROCESSING,
                             "synthetic creatures whose class is one part; object and part masks (generated, no files)",
                             augment=("flip",))
-    return [synthetic]
+    return [synthetic, *dataset_specs()]
 
 
 @hookimpl
