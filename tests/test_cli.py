@@ -230,3 +230,56 @@ def test_plugin_subcommands(run_cli, monkeypatch):
     assert (code, out) == (3, "hello xviz\n")
     code, out, _ = run_cli("train", "--model", "xviz-demo", "--dataset", "nope", "--out", "x.pt")
     assert code == 2
+
+
+def test_out_must_be_a_writable_folder(run_cli, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_cli("explain", "--model", "xviz-demo", "--out", tmp_path / "afile", SAMPLES)
+    assert_one_line_error(code, err, "is a file, not a folder: choose another --out")
+
+
+def test_same_file_names_in_two_folders_get_distinct_outputs(run_cli, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(sample(ord(folder), "test").image).save(tmp_path / folder / "same.png")
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--out", tmp_path / "o",
+                                tmp_path / "a" / "same.png", tmp_path / "b" / "same.png")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a-same_gradcam.png", "b-same_gradcam.png"]
+    assert str(tmp_path / "a" / "same.png") in stdout and str(tmp_path / "b" / "same.png") in stdout
+
+
+def test_thin_strip_is_cropped_while_resizing(run_cli, tmp_path):
+    import resource
+
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (60000, 8), (200, 30, 30)).save(path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, _, err = run_cli("explain", "--model", "resnet18", "--weights", "none", "--out", tmp_path / "o", path)
+    assert code == 0, err
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 1000  # resizing the whole strip to 224 px high would need ~2.8 GB
+
+
+def test_checkpoint_may_be_a_run_folder_and_devices_are_checked(run_cli, tmp_path, demo):
+    from xviz.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "run" / "best.pt", arch="xviz-demo", state_dict=demo.module.state_dict(),
+                    class_names=demo.class_names, preprocessing=demo.preprocessing)
+    code, stdout, err = run_cli("explain", "--checkpoint", tmp_path / "run", "--out", tmp_path / "o", SAMPLES)
+    assert code == 0, err
+    for device in ("mps", "meta", "cuda:x"):
+        code, _, err = run_cli("explain", "--model", "xviz-demo", "--device", device, SAMPLES)
+        assert_one_line_error(code, err, f"unknown device `{device}`")
+
+
+def test_layers_needs_no_download(run_cli, monkeypatch, tmp_path):
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(
+        urllib.error.URLError("offline")))
+    code, out, err = run_cli("layers", "--model", "resnet18")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()].count("layer4.1.relu") == 1
+    assert re.search(r"^layer4 +512x7x7 +default", out, re.M)

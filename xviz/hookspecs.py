@@ -30,9 +30,10 @@ def xviz_register_methods():
 def xviz_register_models():
     """Return models this plugin provides.
 
-    :returns: a list of :class:`xviz.models.ModelSpec`: a name, a builder
-        ``build(weights, num_classes) -> nn.Module``, and how to get its preprocessing and
-        class names. Names are unique across plugins.
+    :returns: a list of :class:`xviz.models.ModelSpec`: a name; a builder
+        ``build(num_classes, **options) -> nn.Module`` (random initialisation; ``options`` such as
+        ``head="concat"`` are stored in checkpoints); its preprocessing and class names; optionally
+        ``pretrained(weights) -> LoadedModel``. Names are unique across plugins.
     """
 
 
@@ -40,9 +41,10 @@ def xviz_register_models():
 def xviz_register_datasets():
     """Return datasets this plugin provides.
 
-    :returns: a list of :class:`xviz.datasets.DatasetSpec`: a name, a builder
-        ``build(split, root, **options) -> torch.utils.data.Dataset`` yielding
-        ``(image_tensor, label)``, the class names and the normalisation. Names are unique.
+    :returns: a list of :class:`xviz.datasets.DatasetSpec`: a name; a builder
+        ``build(split, root=None, transform=None, **options) -> torch.utils.data.Dataset`` yielding
+        ``(transform(image), label)``; the class names, the preprocessing and the default training
+        augmentations. Names are unique.
     """
 
 
