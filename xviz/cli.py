@@ -173,7 +173,7 @@ def cmd_models(args) -> int:
 def cmd_datasets(args) -> int:
     from xviz import registry
 
-    rows = [[n, str(len(s.class_names)), s.summary] for n, s in sorted(registry.datasets(args.pm).items())]
+    rows = [[n, str(len(s.class_names) or "?"), s.summary] for n, s in sorted(registry.datasets(args.pm).items())]
     print(_table(rows, ["dataset", "classes", "summary"]))
     return 0
 

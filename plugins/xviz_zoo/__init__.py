@@ -3,6 +3,9 @@ synthetic part dataset."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 import urllib.error
 from functools import partial
 
@@ -45,8 +48,11 @@ def _torchvision_pretrained(name: str, weights: str) -> LoadedModel:
     import torchvision
 
     w = _weights_enum(name, weights)
+    chatter = io.StringIO()  # torch.hub prints "Downloading: ..." on stdout: keep stdout for xviz's table
     try:
-        module = torchvision.models.get_model(name, weights=w)
+        with contextlib.redirect_stdout(chatter):
+            module = torchvision.models.get_model(name, weights=w, progress=False)
+        sys.stderr.write(chatter.getvalue())
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
         raise XvizError(
             f"could not download the pretrained weights {w} for `{name}` ({getattr(exc, 'reason', exc)}); they are "
