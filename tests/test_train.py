@@ -1,6 +1,7 @@
 """The training subsystem: recipes, freeze schedules, optimisers and schedules, checkpoints, exact resume."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -371,3 +372,55 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     data = read_checkpoint(out / "last.pt")
     assert len(data["history"]) == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+
+# --- commands around training ---------------------------------------------------------------------
+
+def test_plot_history_and_lr_find_commands(tmp_path, capsys):
+    from PIL import Image
+
+    from xviz.cli import main
+
+    train(tiny(tmp_path / "a", epochs=2), log=lambda *a: None)
+    train(tiny(tmp_path / "b", epochs=2, augment=[]), log=lambda *a: None)
+    capsys.readouterr()
+    assert main(["plot-history", str(tmp_path / "a"), str(tmp_path / "b" / "last.pt"), "--label", "crop+flip",
+                 "--label", "plain", "--out", str(tmp_path / "h.png")]) == 0
+    assert f"wrote {tmp_path / 'h.png'}" in capsys.readouterr().out
+    with Image.open(tmp_path / "h.png") as im:
+        assert im.format == "PNG" and im.size[0] > 600
+    assert main(["lr-find", "--model", "xviz-demo", "--dataset-options", "size=32", "--batch-size", "8",
+                 "--iterations", "12", "--plot", str(tmp_path / "lr.png")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"suggested learning rate \S+ \(valley\); steepest descent at \S+", out)
+    with Image.open(tmp_path / "lr.png") as im:
+        assert im.format == "PNG"
+    assert main(["plot-history", str(tmp_path / "missing")]) == 2
+
+
+def test_recipes_command_lists_every_recipe(capsys):
+    from xviz.cli import main
+
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in RECIPE_NAMES)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_image_during_training_is_one_line(tmp_path, capsys, monkeypatch, workers):
+    from xviz.cli import main
+    from xviz.data import synthetic
+
+    real = synthetic.SyntheticParts.sample
+
+    def damaged(self, index):
+        if index == 5:
+            raise XvizError("image `train/0005.png` is damaged or truncated (broken data stream): re-export or replace it")
+        return real(self, index)
+
+    monkeypatch.setattr(synthetic.SyntheticParts, "sample", damaged)
+    code = main(["train", "--model", "xviz-demo", "--dataset-options", "size=16", "--batch-size", "8",
+                 "--workers", str(workers), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err == ("xviz: error: image `train/0005.png` is damaged or truncated (broken data stream): "
+                                 "re-export or replace it")

@@ -408,7 +408,9 @@ def main(argv=None) -> int:
         args.pm = pm
         return args.func(args) or 0
     except XvizError as exc:
-        print(f"xviz: error: {exc}", file=sys.stderr)
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "failed"
+        message = message.removeprefix("xviz.errors.XvizError: ")  # re-raised from a DataLoader worker
+        print(f"xviz: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xviz: interrupted", file=sys.stderr)
