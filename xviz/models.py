@@ -170,13 +170,13 @@ class TransferReport:
     reasons: dict[str, str] = field(default_factory=dict)  # skipped name -> why
 
     def summary(self, show: int = 4) -> str:
-        def names(items):
+        def names(items, why=False):
             more = f", ... ({len(items) - show} more)" if len(items) > show else ""
-            return ", ".join(f"{n}{' (' + self.reasons[n] + ')' if n in self.reasons else ''}" for n in items[:show]) + more
+            return ", ".join(f"{n} ({self.reasons[n]})" if why else n for n in items[:show]) + more
 
         parts = [f"loaded {len(self.loaded)} tensors"]
         if self.skipped:
-            parts.append(f"skipped {len(self.skipped)}: {names(self.skipped)}")
+            parts.append(f"skipped {len(self.skipped)}: {names(self.skipped, why=True)}")
         if self.initialised:
             parts.append(f"newly initialised {len(self.initialised)}: {names(self.initialised)}")
         return "; ".join(parts)
