@@ -98,6 +98,13 @@ def _check_split(name: str, split: str) -> None:
         raise XvizError(f"dataset `{name}` has no split `{split}`: use train or test")
 
 
+def _start(name: str, split: str, root, options: dict, allowed=()) -> Path:
+    """Check the split and the options of dataset ``name``; returns the folder to look in."""
+    _check_split(name, split)
+    _check_options(name, options, allowed)
+    return _root(name, root)
+
+
 def _flag(name: str, key: str, value) -> bool:
     """A yes/no option, also as text from the command line (``--dataset-options download=false``)."""
     if isinstance(value, bool):
@@ -307,10 +314,8 @@ def _cifar_files(name: str, root: Path, split: str) -> tuple[Path, list[Path]]:
 
 
 def build_cifar(name: str, split: str, root=None, transform=None, download: bool = True, **options):
-    _check_split(name, split)
-    _check_options(name, options, ("download",))
+    root = _start(name, split, root, options, ("download",))
     download = _flag(name, "download", download)
-    root = _root(name, root)
     top, _, _, label_key, classes, _ = CIFAR[name]
     folder, files = _cifar_files(name, root, split)
     missing = [f for f in files if not f.exists()]
@@ -388,9 +393,7 @@ class CubDataset(ImageListDataset):
 
 def build_cub(split: str, root=None, transform=None, **options):
     name = "cub200"
-    _check_split(name, split)
-    _check_options(name, options)
-    root = _root(name, root)
+    root = _start(name, split, root, options)
     folder = _locate(root, name, "CUB_200_2011", "images.txt")
     files = {f: folder / f for f in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")}
     for path in files.values():
@@ -430,9 +433,7 @@ def _mat_strings(values) -> list[str]:
 
 def build_stanford_dogs(split: str, root=None, transform=None, **options):
     name = "stanford_dogs"
-    _check_split(name, split)
-    _check_options(name, options)
-    root = _root(name, root)
+    root = _start(name, split, root, options)
     folder = _locate(root, name, "", "Images")
     images = folder / "Images"
     classes_dirs = _subfolders(name, images)
@@ -474,9 +475,7 @@ def _listed_samples(name: str, split_file: Path, images: Path, classes: list[str
 
 def build_mit_indoor67(split: str, root=None, transform=None, **options):
     name = "mit_indoor67"
-    _check_split(name, split)
-    _check_options(name, options)
-    root = _root(name, root)
+    root = _start(name, split, root, options)
     folder = _locate(root, name, "", "Images")
     images = folder / "Images"
     classes = _subfolders(name, images)
@@ -488,9 +487,7 @@ def build_mit_indoor67(split: str, root=None, transform=None, **options):
 
 def build_food101(split: str, root=None, transform=None, **options):
     name = "food101"
-    _check_split(name, split)
-    _check_options(name, options)
-    root = _root(name, root)
+    root = _start(name, split, root, options)
     folder = _locate(root, name, "food-101", "meta")
     classes = _lines(name, folder / "meta" / "classes.txt")
     split_file = _require(name, folder / "meta" / f"{split}.txt")
@@ -509,13 +506,11 @@ def build_caltech256(split: str, root=None, transform=None, train_per_class: int
     class index))``; the first ``train_per_class`` train, the next ``test_per_class`` (all the rest by
     default) test. ``257.clutter`` is left out."""
     name = "caltech256"
-    _check_split(name, split)
-    _check_options(name, options, ("train_per_class", "test_per_class", "seed"))
+    root = _start(name, split, root, options, ("train_per_class", "test_per_class", "seed"))
     if not isinstance(train_per_class, int) or train_per_class < 1:
         raise XvizError(f"dataset `{name}`: train_per_class must be a positive integer, not `{train_per_class}`")
     if test_per_class is not None and (not isinstance(test_per_class, int) or test_per_class < 1):
         raise XvizError(f"dataset `{name}`: test_per_class must be a positive integer, not `{test_per_class}`")
-    root = _root(name, root)
     top = "256_ObjectCategories"
     folder = next((f for f in (root / top, root / name / top) if f.is_dir()), root / top)
     if root.name == top or any(re.match(r"\d{3}\.", p.name) for p in _dirs(root)):
