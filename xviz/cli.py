@@ -49,17 +49,16 @@ def cmd_explain(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from xviz.explainer import class_index, explain_tensors, resolve_layer, resolve_methods
+    from xviz.explainer import check_targets, explain_tensors, resolve_layer, resolve_methods
     from xviz.explanation import output_name, output_stems, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
-    from xviz.render import enlarge, get_cmap, grid, overlay, panel, save_png
+    from xviz.render import check_alpha, enlarge, get_cmap, grid, overlay, panel, save_png
 
     device = torch_device(args.device)
     methods = resolve_methods(_split_methods(args.method), args.pm)
     get_cmap(args.cmap)
-    if not 0.0 <= args.alpha <= 1.0:
-        raise XvizError(f"`--alpha {args.alpha}` is outside [0, 1]: 0 shows only the image, 1 only the heatmap")
+    check_alpha(args.alpha)
     if args.batch_size < 1:
         raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
     paths = list_images(args.images)
@@ -67,10 +66,7 @@ def cmd_explain(args) -> int:
     if len(paths) == 1:
         read_image(paths[0])  # a single bad image is the whole error
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
-    if args.target is not None:
-        class_index(args.target, model.class_names, len(model.class_names))
-    if args.topk > len(model.class_names):
-        raise XvizError(f"`--topk {args.topk}` exceeds the model's {len(model.class_names)} classes")
+    check_targets(args.target, args.topk, model.class_names, len(model.class_names))
     out_dir = writable_folder(args.out)
     stems = dict(zip(paths, output_stems([str(p) for p in paths])))
     one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()

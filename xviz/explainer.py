@@ -70,19 +70,24 @@ def resolve_layer(model: nn.Module, layer: str | None, example: torch.Tensor, mo
     return candidates[-1][0], "last spatial"
 
 
-def resolve_targets(logits: torch.Tensor, target=None, topk: int = 1, class_names: Sequence[str] = ()) -> torch.Tensor:
-    """(N, K) class indices: the top-``topk`` classes of each image, or ``target`` (an index or a
-    class name) for every image."""
-    n, num_classes = logits.shape
+def check_targets(target, topk: int, class_names: Sequence[str], num_classes: int) -> int | None:
+    """Validate a target request before any work; returns the target's class index (or None)."""
     if topk < 1:
         raise XvizError(f"`--topk {topk}` must be at least 1")
     if target is not None and topk != 1:
         raise XvizError("give either --target or --topk, not both")
-    if target is None:
-        if topk > num_classes:
-            raise XvizError(f"`--topk {topk}` exceeds the model's {num_classes} classes")
+    if topk > num_classes:
+        raise XvizError(f"`--topk {topk}` exceeds the model's {num_classes} classes")
+    return None if target is None else class_index(target, class_names, num_classes)
+
+
+def resolve_targets(logits: torch.Tensor, target=None, topk: int = 1, class_names: Sequence[str] = ()) -> torch.Tensor:
+    """(N, K) class indices: the top-``topk`` classes of each image, or ``target`` (an index or a
+    class name) for every image."""
+    n, num_classes = logits.shape
+    index = check_targets(target, topk, class_names, num_classes)
+    if index is None:
         return logits.topk(topk, dim=1).indices
-    index = class_index(target, class_names, num_classes)
     return torch.full((n, 1), index, dtype=torch.long, device=logits.device)
 
 

@@ -51,10 +51,14 @@ def _fit(heatmap: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized)
 
 
-def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * colormap(heatmap)`` as uint8 RGB at the image's size."""
+def check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise XvizError(f"`--alpha {alpha}` is outside [0, 1]: 0 shows only the image, 1 only the heatmap")
+
+
+def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * colormap(heatmap)`` as uint8 RGB at the image's size."""
+    check_alpha(alpha)
     rgb = _as_rgb_array(image).astype(np.float32)
     heat = colorize(_fit(heatmap, rgb.shape[:2]), cmap, signed).astype(np.float32)
     return ((1.0 - alpha) * rgb + alpha * heat + 0.5).astype(np.uint8)
