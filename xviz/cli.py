@@ -237,9 +237,10 @@ def _config_from_args(args):
         value = getattr(args, f.name, None)
         if value is None:
             continue
-        if f.name in ("unfreeze", "lr_mult", "dataset_options"):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, dict):
             value = parse_groups(value, "--" + f.name.replace("_", "-"))
-        elif f.name in ("augment", "milestones"):
+        elif isinstance(default, list) or f.name == "augment":
             items = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
             value = [int(v) for v in items] if f.name == "milestones" else items
         values[f.name] = value

@@ -43,7 +43,9 @@ class TrainConfig:
     model: str = "xviz-demo"
     weights: str = "none"  # none | DEFAULT (pretrained) | PATH: transfer the layers that fit
     head: str | None = None  # linear | concat (torchvision backbones)
+    model_options: dict = field(default_factory=dict)  # architecture options, e.g. {attention = "after"}
     transfer: str = "all"  # what to take from `weights`: all | backbone (everything but the head)
+    transfer_exclude: list = field(default_factory=list)  # module names whose weights are not taken
     dataset: str = "synthetic"
     data: str | None = None
     dataset_options: dict = field(default_factory=dict)  # e.g. {size = 512} for synthetic
@@ -98,6 +100,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def arch_options(self) -> dict:
+        """The options the model is built with (stored in checkpoints)."""
+        return {**self.model_options, **({"head": self.head} if self.head else {})}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -77,7 +77,7 @@ def build_data(cfg: TrainConfig, pm):
 def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.Module, dict]:
     """The architecture with ``num_classes`` outputs, and the layers of ``cfg.weights`` that fit it."""
     spec = registry.lookup(registry.models(pm), cfg.model, "model", "xviz models")
-    options = {"head": cfg.head} if cfg.head else {}
+    options = cfg.arch_options()
     module = spec.build(num_classes, **options)
     if cfg.weights.lower() == "none":
         return module, options
@@ -88,7 +88,9 @@ def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.M
     else:
         loaded = spec.pretrained(cfg.weights)
         state, source = loaded.module.state_dict(), loaded.source
-    exclude = (head_name(module) + ".",) if cfg.transfer == "backbone" else ()
+    exclude = tuple(f"{name}." for name in cfg.transfer_exclude)
+    if cfg.transfer == "backbone":
+        exclude += (head_name(module) + ".",)
     report = transfer_state(module, state, exclude=exclude)
     log(f"weights from {source}: {report.summary()}")
     return module, options
@@ -117,7 +119,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
         raise XvizError(f"`{cfg.out}` already holds a run: continue it with --resume or choose another --out")
     if state is not None:
         saved = TrainConfig(**state["config"])
-        if saved.model != cfg.model or dict(state.get("arch_options") or {}) != ({"head": cfg.head} if cfg.head else {}):
+        if saved.model != cfg.model or dict(state.get("arch_options") or {}) != cfg.arch_options():
             raise XvizError(f"`{state['path']}` is a run of model `{state['arch']}`, not `{cfg.model}`: "
                             "resume with the run's own settings (--resume alone) or start a new --out")
         start = state["training"]["epoch"] + 1

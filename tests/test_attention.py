@@ -1,0 +1,99 @@
+"""Learn to Pay Attention networks: the attention block by hand, the variants, transfer between input sizes."""
+
+import math
+
+import pytest
+import torch
+
+from xviz.errors import XvizError
+from xviz.models import load_checkpoint, model_registry, transfer_state
+from xviz_attention.models import AttentionBlock, AttnVGG
+
+L = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]], [[0.5, 0.0], [1.0, 2.0]]]])  # (1, 2, 2, 2)
+G = torch.tensor([[[[1.0]], [[-1.0]]]])  # (1, 2, 1, 1)
+
+
+def test_pc_softmax_block_by_hand():
+    block = AttentionBlock(2, "pc", "softmax")
+    with torch.no_grad():
+        block.u.weight.copy_(torch.tensor([2.0, 1.0]).view(1, 2, 1, 1))
+    c, g_s = block(L, G)
+    # c_ij = 2 (l0 + 1) + 1 (l1 - 1): [[4 - 0.5, 6 - 1], [2 + 0, 0 + 1]] = [[3.5, 5], [2, 1]]
+    assert torch.allclose(c, torch.tensor([[[[3.5, 5.0], [2.0, 1.0]]]]))
+    e = [math.exp(v) for v in (3.5, 5.0, 2.0, 1.0)]
+    a = [v / sum(e) for v in e]
+    expected = torch.tensor([[a[0] * 1 + a[1] * 2 + a[2] * 0 + a[3] * -1, a[0] * 0.5 + a[1] * 0 + a[2] * 1 + a[3] * 2]])
+    assert torch.allclose(g_s, expected, atol=1e-6)
+    assert torch.allclose(block.normalized(c).flatten(), torch.tensor(a), atol=1e-7)
+    assert block.normalized(c).sum().item() == pytest.approx(1.0)
+
+
+def test_dp_sigmoid_block_by_hand():
+    block = AttentionBlock(2, "dp", "sigmoid")
+    assert block.u is None  # no parameters
+    c, g_s = block(L, G)
+    # c_ij = <l_ij, g> = l0 - l1: [[0.5, 2], [-1, -3]]
+    assert torch.allclose(c, torch.tensor([[[[0.5, 2.0], [-1.0, -3.0]]]]))
+    s = [1 / (1 + math.exp(-v)) for v in (0.5, 2.0, -1.0, -3.0)]
+    l0, l1 = (1.0, 2.0, 0.0, -1.0), (0.5, 0.0, 1.0, 2.0)
+    expected = torch.tensor([[sum(a * x for a, x in zip(s, l0)) / 4, sum(a * x for a, x in zip(s, l1)) / 4]])
+    assert torch.allclose(g_s, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["before", "after"])
+@pytest.mark.parametrize("normalize", ["softmax", "sigmoid"])
+def test_attention_maps_of_the_network(attention, normalize):
+    torch.manual_seed(0)
+    net = AttnVGG(5, attention, "pc", normalize, input_size=64, width=0.125).eval()
+    maps = {}
+    for name in net.attention_layers:
+        block = getattr(net, name)
+        block.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, m.normalized(o[0])))
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    sizes = {"before": [64, 32, 16], "after": [32, 16, 8]}[attention]
+    assert [maps[n].shape[-1] for n in net.attention_layers] == sizes
+    for a in maps.values():
+        if normalize == "softmax":
+            assert torch.allclose(a.sum(dim=(2, 3)), torch.ones(2, 1), atol=1e-5)
+        else:
+            assert ((a > 0) & (a < 1)).all()
+
+
+def test_variants_and_initialisation():
+    torch.manual_seed(0)
+    plain = AttnVGG(10, "none", input_size=32, width=0.25)
+    assert plain.attention_layers == [] and plain.classify.in_features == 128
+    net = AttnVGG(10, "before", "pc", input_size=32)
+    assert net.classify.in_features == 1536 and net.projector.weight.shape == (512, 256, 1, 1)
+    assert net.dense.kernel_size == (1, 1) and AttnVGG(10, input_size=224, width=0.125).dense.kernel_size == (7, 7)
+    bn = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(0 <= m.weight.min() and m.weight.max() <= 1 and m.bias.abs().sum() == 0 for m in bn)
+    assert net.cb1[0].bias.abs().sum() == 0
+    with pytest.raises(XvizError, match="unknown attention `middle`"):
+        AttnVGG(10, "middle")
+    with pytest.raises(XvizError, match="built for 32x32 inputs, not 64x64"):
+        net(torch.randn(1, 3, 64, 64))
+
+
+def test_transfer_from_32_to_64_pixels_loads_exactly_the_requested_layers():
+    specs = model_registry()
+    source = specs["attn_vgg"].build(100, input_size=32, width=0.125).state_dict()
+    target = specs["attn_vgg"].build(6, input_size=64, width=0.125)
+    convs_only = transfer_state(target, source, exclude=("dense.", "projector.", "attn1.", "attn2.", "attn3.", "classify."))
+    assert convs_only.loaded and all(name.startswith("cb") for name in convs_only.loaded)
+    assert {n for n in source if n.startswith("cb")} == set(convs_only.loaded)
+    everything = transfer_state(specs["attn_vgg"].build(6, input_size=64, width=0.125), source)
+    assert everything.reasons["dense.weight"].startswith("shape (64, 64, 1, 1) vs (64, 64, 2, 2)")
+    assert "classify.weight" in everything.skipped and "attn1.u.weight" in everything.loaded
+
+
+def test_train_and_reload_through_the_subsystem(tmp_path):
+    from xviz.train import TrainConfig, train
+
+    cfg = TrainConfig(model="attn_vgg", model_options={"input_size": 64, "width": 0.125, "attention": "after"},
+                      dataset="synthetic", dataset_options={"size": 12}, epochs=1, batch_size=6,
+                      out=str(tmp_path / "run")).validate()
+    train(cfg, log=lambda *a: None)
+    loaded = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert isinstance(loaded.module, AttnVGG) and loaded.module.attention == "after"
+    assert loaded.module(torch.randn(1, 3, 64, 64)).shape == (1, 6)
