@@ -197,7 +197,7 @@ def test_listing_commands(run_cli):
     code, out, _ = run_cli("models", "--classes", "xviz-demo")
     assert out.split("\n")[0] == "0\thorned"
     code, out, _ = run_cli("plugins")
-    assert "xviz_cam  built-in" in out
+    assert re.search(r"^xviz_cam +built-in", out, re.M) and re.search(r"^xviz_attention +built-in", out, re.M)
     code, out, _ = run_cli("layers", "--model", "xviz-demo")
     assert code == 0 and "features " in out and "default" in out and "64x16x16" in out
 
