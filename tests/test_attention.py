@@ -97,3 +97,113 @@ def test_train_and_reload_through_the_subsystem(tmp_path):
     loaded = load_checkpoint(tmp_path / "run" / "last.pt")
     assert isinstance(loaded.module, AttnVGG) and loaded.module.attention == "after"
     assert loaded.module(torch.randn(1, 3, 64, 64)).shape == (1, 6)
+
+
+# --- the `attention` method and the part-attention report -----------------------------------------
+
+class MaskAttention(torch.nn.Module):
+    """A third-party model following the attention protocol: its one block attends where channel 0 is
+    bright (`sharp`) or nowhere in particular (`flat`)."""
+
+    class Block(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def normalized(self, c):
+            n, _, h, w = c.shape
+            return torch.softmax(c.reshape(n, 1, -1), dim=2).reshape(n, 1, h, w)
+
+        def forward(self, x):
+            return self.scale * x[:, :1], None
+
+    def __init__(self, scale=100.0):
+        super().__init__()
+        self.look = self.Block(scale)
+        self.fc = torch.nn.Linear(3, 6)
+        self.attention_layers = ["look"]
+
+    def forward(self, x):
+        c, _ = self.look(x)
+        return self.fc(x.mean((2, 3))) + 0 * c.sum()
+
+
+class MaskedData:
+    """Synthetic images replaced by their part masks in channel 0, so the 'right' answer is known."""
+
+    def __init__(self, n=12):
+        from xviz.data.synthetic import sample
+
+        self.samples = [sample(i, "test") for i in range(n)]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        x = torch.zeros(3, 64, 64)
+        x[0] = torch.from_numpy(self.samples[i].masks["part"]).float()
+        return x, self.samples[i].label
+
+    def masks(self, i):
+        return self.samples[i].masks
+
+
+def test_attention_method_one_forward_pass_and_protocol(pm):
+    from xviz.explainer import explain_tensors
+
+    torch.manual_seed(0)
+    net = AttnVGG(6, input_size=64, width=0.125).eval()
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    exps = explain_tensors(net, torch.randn(2, 3, 64, 64), ["attention", "gradcam"], layer="cb5", topk=2, pm=pm)
+    assert len(calls) == 1
+    assert [(e.method, e.layer) for e in exps] == [("attention", "attn1"), ("attention", "attn2"),
+                                                  ("attention", "attn3"), ("gradcam", "cb5")]
+    for e in exps[:3]:
+        assert e.maps.shape == (2, 2, 64, 64)
+        assert abs(e.raw[:, 0].sum(axis=(1, 2)) - 1).max() < 1e-5  # softmax maps as the network uses them
+        assert (e.raw[:, 0] == e.raw[:, 1]).all()  # attention does not depend on the target
+    third_party = explain_tensors(MaskAttention(), MaskedData(2)[0][0][None], ["attention"], pm=pm)
+    assert third_party[0].layer == "look"
+
+
+def test_attention_does_not_apply_to_plain_models(pm):
+    import torchvision
+
+    from xviz.explainer import explain_tensors
+
+    with pytest.raises(XvizError, match="no attention blocks .* `attention` does not apply; use gradcam, gradcampp"):
+        explain_tensors(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32), ["attention"], pm=pm)
+
+
+def test_part_attention_report_on_known_answers(pm):
+    from xviz_attention.report import area_shares, part_attention
+
+    data = MaskedData(12)
+    [sharp] = [r for r in part_attention(MaskAttention(100.0), data, methods=["attention"], pm=pm)]
+    assert sharp.mass["part"] > 0.99 and sharp.pointing == 1.0 and sharp.degenerate == 0.0
+    [flat] = part_attention(MaskAttention(0.0), data, methods=["attention"], pm=pm)
+    area = area_shares(data)
+    assert flat.degenerate == 1.0
+    assert all(abs(flat.mass[k] - area[k]) < 1e-6 for k in area)  # a uniform map's mass is the area
+
+
+def test_attention_report_command(tmp_path, capsys):
+    from xviz.checkpoint import save_checkpoint
+    from xviz.cli import main
+    from xviz.data.synthetic import CLASSES
+    from xviz_zoo.demo import PREPROCESSING
+
+    torch.manual_seed(0)
+    net = model_registry()["attn_vgg"].build(6, input_size=64, width=0.125)
+    save_checkpoint(tmp_path / "a.pt", arch="attn_vgg", arch_options={"input_size": 64, "width": 0.125},
+                    state_dict=net.state_dict(), class_names=CLASSES, preprocessing=PREPROCESSING)
+    assert main(["attention-report", "--checkpoint", str(tmp_path / "a.pt"), "--limit", "8",
+                 "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "attention attn1" in out and "gradcampp" in out and "(uniform map)" in out
+    assert (tmp_path / "rep" / "part_attention.csv").read_text().startswith("source,part_mass")
+    from PIL import Image
+
+    with Image.open(tmp_path / "rep" / "part_attention.png") as im:
+        assert im.format == "PNG"

@@ -46,14 +46,18 @@ def test_every_recipe_runs_on_synthetic_data(name, tmp_path):
     recipe = read_recipe(name)
     epochs = 3
     unfreeze = {group: min(first, epochs) for group, first in recipe.get("unfreeze", {}).items()}
+    options = recipe.get("model_options", {})
+    if "input_size" in options:  # attention networks: small and at the test's input size
+        options = dict(options, input_size=32, width=0.25)
     cfg = make_config(name, dataset="synthetic", data=None, dataset_options={"size": 24, "image_size": 32},
+                      model_options=options,
                       image_size=32, weights="none", epochs=epochs, batch_size=12, unfreeze=unfreeze,
                       out=str(tmp_path / name), augment=[a for a in recipe.get("augment", []) if a != "rrc"] or [])
     result = train(cfg, log=lambda *a: None)
     assert len(result.history) == epochs
     data = read_checkpoint(tmp_path / name / "last.pt")
     assert data["arch"] == recipe["model"] and data["class_names"][0] == "horned"
-    assert data["arch_options"] == ({"head": recipe["head"]} if "head" in recipe else {})
+    assert data["arch_options"] == {**options, **({"head": recipe["head"]} if "head" in recipe else {})}
 
 
 def test_recipe_with_a_typo_names_the_key(tmp_path):

@@ -46,6 +46,8 @@ def _split_methods(values) -> list[str]:
 
 
 def cmd_explain(args) -> int:
+    from collections import Counter
+
     import torch
     from tqdm import tqdm
 
@@ -53,7 +55,7 @@ def cmd_explain(args) -> int:
     from xviz.explanation import output_name, output_stems, save_npy
     from xviz.images import list_images, read_image
     from xviz.models import load_model, torch_device
-    from xviz.render import check_alpha, enlarge, get_cmap, grid, overlay, panel, save_png
+    from xviz.render import check_alpha, enlarge, get_cmap, grid, layers_figure, overlay, panel, save_png
 
     device = torch_device(args.device)
     methods = resolve_methods(_split_methods(args.method), args.pm)
@@ -96,12 +98,20 @@ def cmd_explain(args) -> int:
                                        inputs_names=[str(p) for p in batch_paths], pm=args.pm)
         if announce:
             tqdm.write(announce, file=sys.stderr)
+        per_method = Counter(e.method for e in explanations)  # methods such as `attention` give one per layer
         try:
             for i, (path, view) in enumerate(zip(batch_paths, views)):
+                for method in (m for m in per_method if per_method[m] > 1):
+                    layered = [e for e in explanations if e.method == method]
+                    figure = layers_figure(view, [e.maps[i, 0] for e in layered], [e.layer for e in layered],
+                                           f"{method}: predicted {layered[0].prediction_names[i]} "
+                                           f"({layered[0].prediction_scores[i]:.1%})", args.alpha, args.cmap)
+                    save_png(figure, out_dir / f"{stems[path]}_{method}_layers.png")
                 for exp in explanations:
                     for k in range(exp.topk):
                         target_name = exp.target_names[i][k]
-                        base = out_dir / output_name(stems[path], exp.method, k, exp.topk, target_name)
+                        layer = exp.layer if per_method[exp.method] > 1 else None
+                        base = out_dir / output_name(stems[path], exp.method, k, exp.topk, target_name, layer)
                         heat = exp.maps[i, k]
                         written = save_png(enlarge(overlay(view, heat, args.alpha, args.cmap, exp.signed)), f"{base}.png")
                         if args.panel:

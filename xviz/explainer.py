@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
 from dataclasses import replace
@@ -136,7 +137,8 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = Fals
 def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, methods: Sequence[str | Method] = ("gradcam",),
                     *, layer: str | None = None, target=None, topk: int = 1, inputs_names: Sequence[str] = (),
                     pm=None) -> list[Explanation]:
-    """Explain a batch of preprocessed images with each method; one Explanation per method.
+    """Explain a batch of preprocessed images with each method; one Explanation per method (per layer
+    for a method that returns maps of several layers, such as ``attention``).
 
     All methods share one forward pass and (gradient methods) one ``autograd.grad`` call. The
     model is left exactly as found: modes, ``requires_grad``, no hooks, no graph kept alive.
@@ -160,30 +162,35 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     if needs_layer:
         layer_name, _ = resolve_layer(module, layer, inputs, loaded.name if loaded else None, pm, warn=True)
 
+    for m in chosen:
+        m.check(module, pm)
     with torch.inference_mode(False), torch.enable_grad(), preserved_state(module):
         if inputs.is_inference():
             inputs = inputs.clone()
-        if needs_layer:
-            with capture_layer(find_layer(module, layer_name)) as captured:
-                logits = first_output(module(inputs))
-            activation = captured.activation
-            if activation is None:
-                raise XvizError(f"layer `{layer_name}` did not run in the forward pass: choose another --layer")
-        else:
-            logits, activation = first_output(module(inputs)), None
+        with contextlib.ExitStack() as stack:
+            observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
+            if needs_layer:
+                captured = stack.enter_context(capture_layer(find_layer(module, layer_name)))
+            logits = first_output(module(inputs))
+        activation = captured.activation if needs_layer else None
+        if needs_layer and activation is None:
+            raise XvizError(f"layer `{layer_name}` did not run in the forward pass: choose another --layer")
         if logits.dim() != 2:
             raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
         if not class_names:
             class_names = [str(i) for i in range(logits.shape[1])]
         targets = resolve_targets(logits.detach(), target, topk, class_names)
         ctx = Context(module, inputs, logits, targets, layer_name, activation)
+        ctx.observed = observed
         try:
             raws = []
             for m in chosen:
                 if m.uses_layer and (activation.dim() != 4 or activation.shape[2] * activation.shape[3] == 1):
                     raise XvizError(f"layer `{layer_name}` outputs shape {tuple(activation.shape)}, not a spatial map "
                                     f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
-                raws.append(m.compute(ctx).detach())
+                result = m.compute(ctx)
+                per_layer = result.items() if isinstance(result, dict) else [(layer_name if m.uses_layer else None, result)]
+                raws.extend((m, name, raw.detach()) for name, raw in per_layer)
         finally:
             ctx.release()
 
@@ -204,12 +211,12 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     )
     size = tuple(inputs.shape[-2:])
     out = []
-    for m, raw in zip(chosen, raws):
+    for m, name, raw in raws:
         if raw.dim() != 4 or raw.shape[:2] != targets.shape:
             raise RuntimeError(f"method `{m.name}` returned shape {tuple(raw.shape)}, expected (N, K, h, w) = "
                                f"{tuple(targets.shape)} + (h, w)")
         out.append(Explanation(
-            method=m.name, layer=layer_name if m.uses_layer else None, signed=m.signed,
+            method=m.name, layer=name, signed=m.signed,
             raw=raw.float().cpu().numpy(), maps=normalize_maps(raw, size, m.signed).cpu().numpy(), **common,
         ))
     return out

@@ -94,9 +94,11 @@ def output_stems(inputs) -> list[str]:
     return out
 
 
-def output_name(stem: str, method: str, k: int, topk: int, target_name: str) -> str:
-    """``<stem>_<method>``, plus ``_top<k>-<target>`` when several targets are explained."""
-    return f"{stem}_{method}" + (f"_top{k + 1}-{safe_name(target_name)}" if topk > 1 else "")
+def output_name(stem: str, method: str, k: int, topk: int, target_name: str, layer: str | None = None) -> str:
+    """``<stem>_<method>``, plus ``-<layer>`` for a method explaining several layers, plus
+    ``_top<k>-<target>`` when several targets are explained."""
+    name = f"{stem}_{method}" + (f"-{safe_name(layer)}" if layer else "")
+    return name + (f"_top{k + 1}-{safe_name(target_name)}" if topk > 1 else "")
 
 
 def safe_name(text: str) -> str:

@@ -7,6 +7,7 @@ all K targets of every image at once.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -29,9 +30,18 @@ class Method:
     signed: bool = False
     reference: str = ""
 
-    def compute(self, ctx: "Context") -> torch.Tensor:
-        """Return raw maps of shape (N, K, h, w): one per image and target in ``ctx.targets``."""
+    def compute(self, ctx: "Context") -> torch.Tensor | dict[str, torch.Tensor]:
+        """Return raw maps of shape (N, K, h, w): one per image and target in ``ctx.targets``; or a
+        dict ``{layer name: maps}`` for a method that explains several layers at once."""
         raise NotImplementedError
+
+    def check(self, model: nn.Module, pm=None) -> None:
+        """Raise :class:`xviz.errors.XvizError` when the method cannot apply to ``model`` (before any work)."""
+
+    def observe(self, model: nn.Module):
+        """A context manager active during the shared forward pass; what its ``__enter__`` returns is
+        ``ctx.observed[self.name]`` (e.g. hooks that record a module's outputs). Default: nothing."""
+        return contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -47,6 +57,7 @@ class Context:
     * ``layer``: the target layer's name; ``activations``: its (N, C, h, w) output ``A``.
     * ``gradients``: (N, K, C, h, w), ``dS_t / dA`` for each target's raw score ``S_t``;
       computed on first access by a single ``torch.autograd.grad`` call.
+    * ``observed``: ``{method name: what its observe() recorded during the forward pass}``.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
@@ -57,6 +68,7 @@ class Context:
         self.targets = targets
         self.layer = layer
         self.activations = activations
+        self.observed: dict = {}
         self._gradients: torch.Tensor | None = None
 
     @property
@@ -68,6 +80,7 @@ class Context:
     def release(self) -> None:
         """Drop the autograd graph and cached tensors."""
         self.logits = self.activations = self._gradients = None
+        self.observed = {}
 
 
 def target_gradients(logits: torch.Tensor, targets: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,25 @@ def panel(image, heatmap: np.ndarray, title: str = "", alpha: float = 0.5, cmap:
     return fig
 
 
+def layers_figure(image, heatmaps, titles, suptitle: str = "", alpha: float = 0.5, cmap: str = DEFAULT_CMAP):
+    """The original image followed by one overlay per heatmap (e.g. per attention layer), in a row."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(heatmaps) + 1, figsize=(2.8 * (len(heatmaps) + 1), 3.2), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(_as_rgb_array(image))
+    axes[0].set_title("image", fontsize=9)
+    for ax, heat, title in zip(axes[1:], heatmaps, titles):
+        ax.imshow(overlay(image, heat, alpha, cmap))
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
     """A figure with one overlay per image, ``ncols`` per row, each with its title."""
     import matplotlib.pyplot as plt
