@@ -131,8 +131,8 @@ def bar_chart(rows: list[Row], area: dict, path, title: str = "") -> Path:
         ax.bar([i + j * width for i in range(len(sources))], [v[j] for v in values], width, label=region)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sources))], sources, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("share of the map's mass")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=4)
+    ax.set_ylim(0, 1.15)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncol=4, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
