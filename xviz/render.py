@@ -70,42 +70,31 @@ def enlarge(picture: np.ndarray, min_side: int = 224) -> np.ndarray:
     return picture if factor <= 1 else picture.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def panel(image, heatmap: np.ndarray, title: str = "", alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
-    """A figure of three panels: image | heatmap | overlay, ``title`` above (e.g. the prediction)."""
+def row_figure(pictures, titles, suptitle: str = "", size: float = 3.0):
+    """A figure showing RGB ``pictures`` side by side, each under its title, ``suptitle`` above."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    axes[0].imshow(_as_rgb_array(image))
-    axes[0].set_title("image", fontsize=9)
-    axes[1].imshow(colorize(heatmap, cmap, signed))
-    axes[1].set_title("heatmap", fontsize=9)
-    axes[2].imshow(overlay(image, heatmap, alpha, cmap, signed))
-    axes[2].set_title("overlay", fontsize=9)
-    for ax in axes:
+    fig, axes = plt.subplots(1, len(pictures), figsize=(size * len(pictures), size + 0.4), squeeze=False)
+    for ax, picture, title in zip(axes[0], pictures, titles):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def panel(image, heatmap: np.ndarray, title: str = "", alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
+    """A figure of three panels: image | heatmap | overlay, ``title`` above (e.g. the prediction)."""
+    pictures = [_as_rgb_array(image), colorize(heatmap, cmap, signed), overlay(image, heatmap, alpha, cmap, signed)]
+    return row_figure(pictures, ["image", "heatmap", "overlay"], title)
 
 
 def layers_figure(image, heatmaps, titles, suptitle: str = "", alpha: float = 0.5, cmap: str = DEFAULT_CMAP):
     """The original image followed by one overlay per heatmap (e.g. per attention layer), in a row."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(heatmaps) + 1, figsize=(2.8 * (len(heatmaps) + 1), 3.2), squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(_as_rgb_array(image))
-    axes[0].set_title("image", fontsize=9)
-    for ax, heat, title in zip(axes[1:], heatmaps, titles):
-        ax.imshow(overlay(image, heat, alpha, cmap))
-        ax.set_title(title, fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    return fig
+    overlays = [overlay(image, heat, alpha, cmap) for heat in heatmaps]
+    return row_figure([_as_rgb_array(image), *overlays], ["image", *titles], suptitle, size=2.8)
 
 
 def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, signed: bool = False):
