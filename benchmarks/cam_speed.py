@@ -1,7 +1,8 @@
 """CAM speed, side by side in one run: xviz against the floor and against peer libraries.
 
 The floor is what any GradCAM must do: one forward pass with the target activation recorded, and
-``torch.autograd.grad`` of the target scores to that activation. Every row prints ms per image and
+``torch.autograd.grad`` of the target scores to that activation. "floor, parameters frozen" is the
+same with the parameters' graph not recorded, as xviz does: the fairest baseline for xviz. Every row prints ms per image and
 its ratio to the floor of the same model and batch. Peers without multi-target support pay one
 full pass per method or target (that is how a user gets GradCAM + GradCAM++, or the top 5).
 
@@ -36,11 +37,36 @@ def floor(model, layer, x, targets):
         handle.remove()
 
 
+def frozen_floor(model, layer, x, targets):
+    """The floor with parameters frozen, as xviz explains: no graph is recorded for them."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        store = {}
+
+        def keep(module, inputs, output):
+            leaf = output.detach().requires_grad_(True)
+            store["a"] = leaf
+            return leaf.clone()
+
+        handle = dict(model.named_modules())[layer].register_forward_hook(keep)
+        try:
+            logits = model(x)
+            torch.autograd.grad(logits.gather(1, targets[:, :1]).sum(), store["a"])
+        finally:
+            handle.remove()
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
 def candidates(model, layer, x, targets, pm):
     module = dict(model.named_modules())[layer]
     t1 = targets[:, 0].tolist()
     runs = {
         "floor": lambda: floor(model, layer, x, targets),
+        "floor, parameters frozen": lambda: frozen_floor(model, layer, x, targets),
         "xviz gradcam": lambda: explain_tensors(model, x, ["gradcam"], layer=layer, pm=pm),
         "xviz gradcampp": lambda: explain_tensors(model, x, ["gradcampp"], layer=layer, pm=pm),
         "xviz gradcam+gradcampp": lambda: explain_tensors(model, x, ["gradcam", "gradcampp"], layer=layer, pm=pm),
