@@ -150,12 +150,8 @@ def cmd_explain(args) -> int:
 def cmd_methods(args) -> int:
     from xviz import registry
 
-    pm = args.pm
-    owners = {}
-    for impl in pm.hook.xviz_register_methods.get_hookimpls():
-        for m in impl.function() or ():
-            owners[m.name] = impl.plugin_name
-    rows = [[name, owners.get(name, "?"), m.summary] for name, m in sorted(registry.methods(pm).items())]
+    found = registry.registered(args.pm, "xviz_register_methods", "method")
+    rows = [[name, plugin, m.summary] for name, (m, plugin) in sorted(found.items())]
     print(_table(rows, ["method", "plugin", "summary"]))
     return 0
 

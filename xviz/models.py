@@ -82,10 +82,21 @@ def _load(name, weights, checkpoint, specs) -> LoadedModel:
     if weights.lower() == "none":
         return LoadedModel(spec.build(len(spec.class_names)), spec.name, list(spec.class_names), spec.preprocessing,
                            "random initialisation")
-    if Path(weights).suffix in (".pt", ".pth", ".ckpt", ".bin") or Path(weights).exists():
+    if is_weights_file(weights):
         return _load_weights_file(spec, Path(weights), specs)
+    return pretrained(spec, weights)
+
+
+def is_weights_file(weights: str) -> bool:
+    """Whether ``--weights`` names a file (by its suffix or because it exists) rather than a weights name."""
+    return Path(weights).suffix in (".pt", ".pth", ".ckpt", ".bin") or Path(weights).exists()
+
+
+def pretrained(spec: ModelSpec, weights: str) -> LoadedModel:
+    """``spec``'s named pretrained weights, or an error when it has none."""
     if spec.pretrained is None:
-        raise XvizError(f"model `{name}` has no pretrained weights `{weights}`: use --weights none or a checkpoint PATH")
+        raise XvizError(f"model `{spec.name}` has no pretrained weights `{weights}`: use --weights none or a "
+                        "checkpoint PATH")
     return spec.pretrained(weights)
 
 

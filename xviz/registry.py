@@ -116,20 +116,23 @@ def _load_entry_points(pm: PluginManager) -> None:
             raise XvizError(_invalid_plugin(pm, exc, name, f"entry point of {dist_name}")) from None
 
 
-def _collect(pm: PluginManager, hook_name: str, what: str) -> dict:
-    """Call one registration hook plugin by plugin; names must be unique across plugins."""
+def registered(pm: PluginManager, hook_name: str, what: str) -> dict:
+    """Call one registration hook plugin by plugin: ``{name: (item, plugin name)}``; names must be
+    unique across plugins."""
     found: dict = {}
-    owner: dict[str, str] = {}
     for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # built-ins first
         for item in impl.function() or ():
             if item.name in found:
                 raise XvizError(
-                    f"{what} `{item.name}` is registered by both plugin `{owner[item.name]}` and plugin "
+                    f"{what} `{item.name}` is registered by both plugin `{found[item.name][1]}` and plugin "
                     f"`{impl.plugin_name}`: uninstall one, or choose plugins with XVIZ_LOAD_PLUGINS"
                 )
-            found[item.name] = item
-            owner[item.name] = impl.plugin_name
+            found[item.name] = (item, impl.plugin_name)
     return found
+
+
+def _collect(pm: PluginManager, hook_name: str, what: str) -> dict:
+    return {name: item for name, (item, _) in registered(pm, hook_name, what).items()}
 
 
 def methods(pm: PluginManager):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from xviz import registry
 from xviz.checkpoint import read_checkpoint
 from xviz.errors import XvizError
-from xviz.models import torch_device, transfer_state
+from xviz.models import is_weights_file, pretrained, torch_device, transfer_state
 from xviz.train import distributed
 from xviz.train.augment import resized, train_transform
 from xviz.train.checkpoints import RunFolder, rng_state, set_rng_state
@@ -81,12 +81,10 @@ def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.M
     module = spec.build(num_classes, **options)
     if cfg.weights.lower() == "none":
         return module, options
-    if Path(cfg.weights).exists() or Path(cfg.weights).suffix in (".pt", ".pth"):
+    if is_weights_file(cfg.weights):
         state, source = read_checkpoint(cfg.weights)["state_dict"], cfg.weights
-    elif spec.pretrained is None:
-        raise XvizError(f"model `{cfg.model}` has no pretrained weights `{cfg.weights}`: use none or a checkpoint PATH")
     else:
-        loaded = spec.pretrained(cfg.weights)
+        loaded = pretrained(spec, cfg.weights)
         state, source = loaded.module.state_dict(), loaded.source
     exclude = tuple(f"{name}." for name in cfg.transfer_exclude)
     if cfg.transfer == "backbone":
