@@ -394,6 +394,10 @@ def build_parser(pm) -> argparse.ArgumentParser:
     p.add_argument("--out", default="history.png")
     p.set_defaults(func=cmd_plot_history)
 
+    from xviz import evaluate, gallery
+
+    evaluate.add_parser(sub)
+    gallery.add_parser(sub)
     pm.hook.xviz_register_commands(subparsers=sub)
     return parser
 

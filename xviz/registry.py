@@ -25,7 +25,7 @@ from xviz import __version__, hookspecs
 from xviz.errors import XvizError
 
 ENTRY_POINT_GROUP = "xviz"
-BUILTIN_PLUGINS = ("xviz_zoo", "xviz_cam", "xviz_attention")
+BUILTIN_PLUGINS = ("xviz_zoo", "xviz_cam", "xviz_captum", "xviz_attention", "xviz_afs")
 
 
 @dataclass(frozen=True)

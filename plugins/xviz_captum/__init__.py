@@ -1,0 +1,1 @@
+"""Gradient attributions through captum (work in progress: registers nothing yet)."""
