@@ -48,6 +48,17 @@ def xviz_register_datasets():
     """
 
 
+@hookspec
+def xviz_register_regularizers():
+    """Return training regularisers this plugin provides (``xviz train --reg NAME``).
+
+    :returns: a list of :class:`xviz.regularizers.RegularizerSpec`: a name, a summary and
+        ``build(model, source, head, example, **options) -> Regularizer``, whose
+        ``penalty(inputs)`` the training loop adds to the loss as ``lambda * R`` after each
+        forward pass (see :mod:`xviz.regularizers` for what each argument holds). Names are unique.
+    """
+
+
 @hookspec(firstresult=True)
 def xviz_default_target_layer(model, model_name):
     """Choose the layer to explain when the user names none.

@@ -150,6 +150,11 @@ def datasets(pm: PluginManager):
     return _collect(pm, "xviz_register_datasets", "dataset")
 
 
+def regularizers(pm: PluginManager):
+    """All training regularisers: ``{name: RegularizerSpec}``."""
+    return _collect(pm, "xviz_register_regularizers", "regulariser")
+
+
 def lookup(registry: dict, name: str, what: str, listing_command: str):
     """``registry[name]``, or an error naming the closest registered names."""
     if name in registry:

@@ -72,6 +72,9 @@ class TrainConfig:
     jitter: float = 0.4
     rrc_scale: float = 0.08
     label_smoothing: float = 0.0
+    reg: str = "none"  # a registered regulariser (`xviz train --help`; e.g. l2-sp, fea-map, afd): loss = CE + reg_lambda * R
+    reg_lambda: float = 0.01
+    reg_options: dict = field(default_factory=dict)  # options of the regulariser, e.g. {layers = "layer4.1.conv2"}
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16/fp16 on CUDA) | off
@@ -91,6 +94,7 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"unknown optimizer `{self.optimizer}`: choose {', '.join(OPTIMIZERS)}")
         need(self.scheduler in SCHEDULERS, f"unknown schedule `{self.scheduler}`: choose {', '.join(SCHEDULERS)}")
         need(self.transfer in ("all", "backbone"), f"`transfer = {self.transfer}`: choose all or backbone")
+        need(self.reg_lambda >= 0, f"`reg_lambda = {self.reg_lambda}` must be >= 0")
         need(self.keep >= 1, f"`keep = {self.keep}` must be at least 1")
         for group, epoch in self.unfreeze.items():
             need(isinstance(epoch, int) and epoch >= 1, f"unfreeze `{group}` at epoch `{epoch}`: epochs start at 1")

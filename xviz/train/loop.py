@@ -8,6 +8,7 @@ precision, checkpoints with exact resume, history; one tqdm bar per epoch and a 
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import time
 from dataclasses import dataclass
@@ -94,6 +95,16 @@ def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.M
     return module, options
 
 
+def build_regularizer(cfg: TrainConfig, module: nn.Module, source: nn.Module, example: torch.Tensor, pm):
+    """The regulariser ``cfg.reg`` built on ``module`` and its frozen starting copy ``source``."""
+    spec = registry.lookup(registry.regularizers(pm), cfg.reg, "regulariser", "xviz train --help")
+    source.eval().requires_grad_(False)
+    try:
+        return spec.build(model=module, source=source, head=head_name(module), example=example, **cfg.reg_options)
+    except TypeError as exc:
+        raise XvizError(f"regulariser `{cfg.reg}` does not accept the options {cfg.reg_options}: {exc}") from None
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -130,6 +141,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
 
     train_set, test_set, classes, pre = build_data(cfg, pm)
     module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
+    source = copy.deepcopy(module) if cfg.reg != "none" else None  # the starting point, before any resume
     if state is None:
         log(f"training `{cfg.model}` on `{cfg.dataset}` ({len(train_set)} train / {len(test_set)} test images) for "
             f"{cfg.epochs} epochs on {device} -> {cfg.out}/")
@@ -138,6 +150,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
     module.to(device)
     if channels_last:
         module.to(memory_format=torch.channels_last)
+    regularizer = None
+    if source is not None:
+        source.to(device)
+        if channels_last:
+            source.to(memory_format=torch.channels_last)
+        example = torch.zeros(2, *test_set[0][0].shape, device=device)
+        regularizer = build_regularizer(cfg, module, source, example, pm).to(device)
+        log(f"regulariser `{cfg.reg}` x {cfg.reg_lambda:g}" + (f" with {cfg.reg_options}" if cfg.reg_options else ""))
     amp_dtype = None
     if cfg.amp == "auto" and use_cuda:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -153,6 +173,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
     test_loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 128), **loader_args)
     freeze = FreezeSchedule(module, cfg.unfreeze, cfg.train_bn)
     optimizer = make_optimizer(module, cfg)
+    extra = [p for p in regularizer.parameters() if p.requires_grad] if regularizer is not None else []
+    if extra:
+        optimizer.add_param_group({"params": extra, "lr": cfg.lr, "name": "regularizer", "weight_decay": 0.0})
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
     model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if use_cuda else None) \
         if world.distributed else module
@@ -165,6 +188,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
         optimizer.load_state_dict(t["optimizer"])
         scheduler.load_state_dict(t["scheduler"])
         scaler.load_state_dict(t["scaler"])
+        if regularizer is not None and t.get("regularizer") is not None:
+            regularizer.load_state_dict(t["regularizer"])
         set_rng_state(t["rng"])
         history, start = list(state["history"]), t["epoch"] + 1
         log(f"resuming `{cfg.out}` from {Path(state['path']).name}: epoch {start}/{cfg.epochs}")
@@ -179,7 +204,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
         generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order does not depend on resuming
         if sampler is not None:
             sampler.set_epoch(epoch)
-        began, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+        began, seen, correct, loss_sum, reg_sum = time.time(), 0, 0, 0.0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not world.main)
         for x, y in bar:
@@ -189,6 +214,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
             with autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if regularizer is not None:
+                    penalty = regularizer.penalty(x).float()
+                    loss = loss + cfg.reg_lambda * penalty
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -198,22 +226,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
             seen += n
             loss_sum += loss.item() * n
             correct += (logits.argmax(1) == y).sum().item()
+            if regularizer is not None:
+                reg_sum += penalty.item() * n
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
         bar.close()
         test_loss, test_acc = evaluate(module, test_loader, device, autocast, channels_last)
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "test_loss": test_loss,
                "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - began, 3)}
+        if regularizer is not None:
+            row["train_reg"] = reg_sum / seen
         history.append(row)
         is_best = test_acc > best_acc
         best_acc = max(best_acc, test_acc)
         if world.main:
             training = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rng_state()}
+                        "scaler": scaler.state_dict(), "rng": rng_state(),
+                        "regularizer": regularizer.state_dict() if regularizer is not None else None}
             run.save(epoch, dict(meta, state_dict=module.state_dict(), history=history), training, is_best)
             write_history(run.root, history)
         log(f"epoch {epoch}/{cfg.epochs} - train loss {row['train_loss']:.4f} - train acc {100 * row['train_acc']:.2f}%"
             f" - test loss {test_loss:.4f} - test acc {100 * test_acc:.2f}% - {row['seconds']:.0f}s"
             + (" - best" if is_best else ""))
         distributed.barrier(world)
+    if regularizer is not None:
+        regularizer.close()
     distributed.teardown(world)
     return TrainResult(Path(cfg.out), history, best_acc)

@@ -1,0 +1,183 @@
+"""Attention feature selection (AFS) gates on the Conv+BN pairs of a network, added with hooks.
+
+For a convolution ``conv`` (input ``x``, C_out channels) followed by BatchNorm ``bn``, the gate is
+
+    h     = ReLU(W GAP(x) + b)                              channel importance, (N, C_out)
+    keep  = winner-take-all: the round(d * C_out) largest entries of h per image
+    pi    = h * keep
+    out_c = m_c * (s_c * pi_c + (1 - s_c) * gamma_c * keep_c) * bn(conv(x))_c
+
+``s`` (dynamic or static channel) and ``m`` (channel kept at all) are 0/1 buffers, both 1 at first;
+``gamma`` is trainable (U(0, 1) at first) and matters once ``s_c = 0``. :func:`update_masks` sets
+them from statistics over a data pass. The network's own code is untouched: the gate is a child
+``afs`` of the BatchNorm module (so every original weight keeps its name) and runs through a
+forward pre-hook on ``conv`` (it pools ``x``) and a forward hook on ``bn`` (it scales the output).
+Because h is predicted from ``x`` before ``conv`` runs, channels the gate drops need not be
+computed at all: :mod:`xviz_afs.sparse` runs a gated ResNet that way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from xviz.errors import XvizError
+
+
+def winner_take_all(h: torch.Tensor, ratio: float) -> torch.Tensor:
+    """0/1 mask of the ``round(ratio * C)`` largest entries of each row of ``h`` (N, C) (at least one)."""
+    k = max(1, round(ratio * h.shape[1]))
+    if k >= h.shape[1]:
+        return torch.ones_like(h)
+    top = h.topk(k, dim=1).indices
+    return torch.zeros_like(h).scatter_(1, top, 1.0)
+
+
+def check_ratio(ratio) -> float:
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
+        raise XvizError(f"AFS keep ratio d = {ratio!r} must be in (0, 1]: the fraction of channels each gate keeps")
+    return float(ratio)
+
+
+class AFSGate(nn.Module):
+    """The gate of one Conv+BN pair (see the module docstring for the formula)."""
+
+    def __init__(self, in_channels: int, out_channels: int, ratio: float = 0.9):
+        super().__init__()
+        self.ratio = check_ratio(ratio)
+        self.predictor = nn.Linear(in_channels, out_channels)
+        self.gamma = nn.Parameter(torch.rand(out_channels))
+        self.register_buffer("s", torch.ones(out_channels))
+        self.register_buffer("m", torch.ones(out_channels))
+        self.enabled = True
+        self.pooled: torch.Tensor | None = None  # GAP(x) of the current forward pass
+        self.last: dict | None = None  # what the last forward computed, when recording
+
+    def pool_input(self, conv: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of the gated ``conv``: remember GAP(x). (A bound method, so a deep copy
+        of the model hooks its own gates.)"""
+        self.pooled = args[0].mean(dim=(2, 3)) if self.enabled else None
+
+    def importance(self, pooled: torch.Tensor) -> torch.Tensor:
+        """h = ReLU(W GAP(x) + b), (N, C_out)."""
+        return torch.relu(self.predictor(pooled))
+
+    def scale(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scale, h, keep): ``scale = m * (s * h * keep + (1 - s) * gamma * keep)``, each (N, C_out)."""
+        h = self.importance(pooled)
+        keep = winner_take_all(h.detach(), self.ratio)
+        scale = self.m * (self.s * h * keep + (1 - self.s) * self.gamma * keep)
+        return scale, h, keep
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Scale the BatchNorm output ``y`` (N, C_out, H, W) by the gate of the pooled input."""
+        if not self.enabled or self.pooled is None:
+            return y
+        scale, h, keep = self.scale(self.pooled)
+        self.pooled = None
+        if self.last is not None:
+            self.last = {"importance": h.detach(), "keep": keep, "scale": scale.detach(), "output": y * scale[:, :, None, None]}
+            return self.last["output"]
+        return y * scale[:, :, None, None]
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]:
+    """The Conv+BN pairs AFS gates: in each torchvision ResNet block, ``convI`` followed by ``bnI``
+    (the residual branch; the stem and the downsampling shortcuts are left ungated, as their
+    output is needed whole)."""
+    pairs = []
+    for block_name, block in model.named_modules():
+        if isinstance(block, (BasicBlock, Bottleneck)):
+            for i in (1, 2, 3):
+                conv, bn = getattr(block, f"conv{i}", None), getattr(block, f"bn{i}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    pairs.append((f"{block_name}.conv{i}", conv, f"{block_name}.bn{i}", bn))
+    return pairs
+
+
+def _apply_gate(module, args, output):
+    return module.afs(output)
+
+
+def add_gates(model: nn.Module, ratio: float = 0.9) -> nn.Module:
+    """Add an AFS gate to every Conv+BN pair of a torchvision ResNet (in place); returns the model."""
+    ratio = check_ratio(ratio)
+    pairs = conv_bn_pairs(model)
+    if not pairs:
+        raise XvizError(f"`{type(model).__name__}` has no ResNet blocks with Conv+BN pairs: AFS gates apply to "
+                        "torchvision ResNets (afs_resnet18 ... afs_resnet152)")
+    for _, conv, _, bn in pairs:
+        gate = AFSGate(conv.in_channels, conv.out_channels, ratio)
+        bn.add_module("afs", gate)
+        conv.register_forward_pre_hook(gate.pool_input)
+        bn.register_forward_hook(_apply_gate)
+    return model
+
+
+def gates(model: nn.Module) -> dict[str, AFSGate]:
+    """``{conv layer name: gate}`` of a gated model (empty for an ungated one)."""
+    names = {bn: conv for conv, _, bn, _ in conv_bn_pairs(model)}
+    return {names.get(name.removesuffix(".afs"), name): m for name, m in model.named_modules() if isinstance(m, AFSGate)}
+
+
+def require_gates(model: nn.Module, what: str) -> dict[str, AFSGate]:
+    found = gates(model)
+    if not found:
+        raise XvizError(f"the model has no AFS gates: `{what}` applies to models built with them (afs_resnet18 ... "
+                        "afs_resnet152, `xviz train --model afs_resnet50`); for this model use gradcam or gradcampp")
+    return found
+
+
+def set_gates(model: nn.Module, enabled: bool) -> None:
+    """Switch every AFS gate on (gated network) or off (the plain network, exactly)."""
+    for gate in gates(model).values():
+        gate.enabled = enabled
+
+
+@torch.no_grad()
+def update_masks(model: nn.Module, batches, thres_s: float = 0.5, thres_m: float = 0.5) -> dict[str, dict]:
+    """Set ``s`` and ``m`` of every gate from a pass over ``batches`` of inputs (eval mode):
+
+    * ``m_c = 1[mean over images of pi_c > thres_m]``: a channel the gate rarely values is removed;
+    * ``s_c = 1[variance over images of h_c > thres_s]``: a channel whose importance hardly varies
+      becomes static; its ``gamma_c`` is set to the mean importance so the output is kept on average.
+
+    Statistics are computed with the gates as they are (``s``, ``m`` at their current values).
+    Returns ``{layer: {"kept": ..., "static": ..., "channels": ...}}``.
+    """
+    found = require_gates(model, "update_masks")
+    was_training = model.training
+    model.eval()
+    sums = {name: None for name in found}
+    for gate in found.values():
+        gate.last = {}
+    count = 0
+    try:
+        for x in batches:
+            x = x[0] if isinstance(x, (tuple, list)) else x
+            model(x.to(next(model.parameters()).device))
+            count += x.shape[0]
+            for name, gate in found.items():
+                h, keep = gate.last["importance"].double(), gate.last["keep"].double()
+                stats = torch.stack([(h * keep).sum(0), h.sum(0), (h * h).sum(0)])
+                sums[name] = stats if sums[name] is None else sums[name] + stats
+    finally:
+        for gate in found.values():
+            gate.last = None
+        model.train(was_training)
+    if count == 0:
+        raise XvizError("the mask update saw no images")
+    report = {}
+    for name, gate in found.items():
+        pi_sum, h_sum, h2_sum = sums[name]
+        mean_pi, mean_h = pi_sum / count, h_sum / count
+        var_h = (h2_sum / count - mean_h ** 2).clamp_min(0)
+        m = (mean_pi > thres_m).to(gate.m.dtype)
+        s = (var_h > thres_s).to(gate.s.dtype)
+        newly_static = (gate.s > 0) & (s == 0)
+        gate.gamma.data[newly_static] = mean_h[newly_static].to(gate.gamma.dtype)
+        gate.m.copy_(m)
+        gate.s.copy_(s)
+        report[name] = {"channels": int(m.numel()), "kept": int(m.sum()), "static": int((s == 0).sum())}
+    return report

@@ -1,0 +1,5 @@
+"""``xviz afs-report`` and ``xviz afs-update`` (filled in below)."""
+
+
+def add_commands(subparsers):
+    pass
