@@ -32,7 +32,7 @@ class CAM(Method):
         # Called before any work: a model without a linear layer cannot have a GAP + linear head.
         if not any(isinstance(module, nn.Linear) for module in model.modules()):
             raise XvizError(f"`cam` needs a model ending in global average pooling and one nn.Linear classifier, "
-                            f"and `{type(model).__name__}` has no nn.Linear: use `--method gradcam` instead")
+                            f"and `{type(model).__name__}` has no nn.Linear: use `gradcam` instead")
 
     def compute(self, ctx: Context) -> torch.Tensor:
         activations = ctx.activations.detach()                 # (N, C, h, w): no gradients needed
@@ -60,7 +60,7 @@ def classifier_weight(model: nn.Module, activations: torch.Tensor, logits: torch
                 return linear.weight.detach()
     raise XvizError(f"`cam` needs layer `{layer}` to feed global average pooling and one nn.Linear classifier "
                     "directly, and the model's scores are not computed that way: explain the layer just before "
-                    "the pooling with --layer (`xviz layers` lists them), or use `--method gradcam` instead")
+                    "the pooling with --layer (`xviz layers` lists them), or use `gradcam` instead")
 
 
 @xviz.hookimpl
