@@ -10,16 +10,17 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e examples/xviz-cam-original
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/xviz explain --model xviz-demo --method gradcampp --panel --out demo-out plugins/xviz_zoo/assets/samples
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests examples/xviz-cam-original/tests
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m '' tests examples/xviz-cam-original/tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cam_speed.py
