@@ -21,7 +21,7 @@ from xviz.images import Preprocessing
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel, ModelSpec
 
-from xviz_afs.gates import add_gates, check_ratio, require_gates
+from xviz_afs.gates import add_gates, check_ratio, recording, require_gates
 from xviz_afs.regularizers import regularizer_specs, stage_last_convs
 
 IMAGENET = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -96,26 +96,6 @@ class AFSChannels(Method):
                 fired = torch.relu(records[name]["output"]).sum(dim=1)  # (N, h, w)
                 out[name] = fired[:, None].expand(-1, k, -1, -1)
         return out
-
-
-class recording:
-    """Context manager: ``{layer: what its gate computed}`` (importance h, keep, scale, output) for
-    the forward passes run inside it (the last one per layer); filled when the context closes."""
-
-    def __init__(self, model):
-        self.found = require_gates(model, "afs-channels")
-        self.records: dict[str, dict] = {}
-
-    def __enter__(self):
-        for gate in self.found.values():
-            gate.last = {}
-        return self.records
-
-    def __exit__(self, *exc):
-        for name, gate in self.found.items():
-            if gate.last:
-                self.records[name] = gate.last
-            gate.last = None
 
 
 @hookimpl

@@ -135,48 +135,85 @@ def set_gates(model: nn.Module, enabled: bool) -> None:
         gate.enabled = enabled
 
 
+class recording:
+    """Context manager: ``{layer: what its gate computed}`` (importance h, keep, scale, output) for
+    the forward passes run inside it (the last one per layer); filled when the context closes."""
+
+    def __init__(self, model):
+        self.found = require_gates(model, "afs-channels")
+        self.records: dict[str, dict] = {}
+
+    def __enter__(self):
+        for gate in self.found.values():
+            gate.last = {}
+        return self.records
+
+    def __exit__(self, *exc):
+        for name, gate in self.found.items():
+            if gate.last:
+                self.records[name] = gate.last
+            gate.last = None
+
+
 @torch.no_grad()
-def update_masks(model: nn.Module, batches, thres_s: float = 0.5, thres_m: float = 0.5) -> dict[str, dict]:
-    """Set ``s`` and ``m`` of every gate from a pass over ``batches`` of inputs (eval mode):
+def channel_stats(model: nn.Module, batches, limit: int | None = None, progress: bool = False) -> dict[str, dict]:
+    """Per gated layer, over the images of ``batches`` (tensors or (tensor, label) pairs), in eval mode:
+    ``importance`` mean of h, ``variance`` of h, ``pi`` mean of h * keep (winner-take-all),
+    ``kept`` how often each channel is computed (keep * m), ``m``, ``s``, and ``images``; (C,) arrays."""
+    from tqdm import tqdm
 
-    * ``m_c = 1[mean over images of pi_c > thres_m]``: a channel the gate rarely values is removed;
-    * ``s_c = 1[variance over images of h_c > thres_s]``: a channel whose importance hardly varies
-      becomes static; its ``gamma_c`` is set to the mean importance so the output is kept on average.
-
-    Statistics are computed with the gates as they are (``s``, ``m`` at their current values).
-    Returns ``{layer: {"kept": ..., "static": ..., "channels": ...}}``.
-    """
-    found = require_gates(model, "update_masks")
+    found = require_gates(model, "channel statistics")
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    sums = {name: None for name in found}
-    for gate in found.values():
-        gate.last = {}
+    sums: dict[str, torch.Tensor] = {}
     count = 0
     try:
-        for x in batches:
-            x = x[0] if isinstance(x, (tuple, list)) else x
-            model(x.to(next(model.parameters()).device))
+        for batch in tqdm(batches, desc="gate statistics", unit="batch", leave=False, disable=not progress):
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if limit is not None:
+                x = x[: max(0, limit - count)]
+            if not len(x):
+                break
+            with recording(model) as records:
+                model(x.to(device))
             count += x.shape[0]
-            for name, gate in found.items():
-                h, keep = gate.last["importance"].double(), gate.last["keep"].double()
-                stats = torch.stack([(h * keep).sum(0), h.sum(0), (h * h).sum(0)])
-                sums[name] = stats if sums[name] is None else sums[name] + stats
+            for name, r in records.items():
+                h, keep, m = r["importance"].double(), r["keep"].double(), found[name].m.double()
+                stats = torch.stack([h.sum(0), (h * h).sum(0), (h * keep).sum(0), (keep * m).sum(0)])
+                sums[name] = stats if name not in sums else sums[name] + stats
     finally:
-        for gate in found.values():
-            gate.last = None
         model.train(was_training)
     if count == 0:
-        raise XvizError("the mask update saw no images")
-    report = {}
+        raise XvizError("the gate statistics saw no images")
+    out = {}
     for name, gate in found.items():
-        pi_sum, h_sum, h2_sum = sums[name]
-        mean_pi, mean_h = pi_sum / count, h_sum / count
-        var_h = (h2_sum / count - mean_h ** 2).clamp_min(0)
-        m = (mean_pi > thres_m).to(gate.m.dtype)
-        s = (var_h > thres_s).to(gate.s.dtype)
-        newly_static = (gate.s > 0) & (s == 0)
-        gate.gamma.data[newly_static] = mean_h[newly_static].to(gate.gamma.dtype)
+        h_sum, h2_sum, pi_sum, kept_sum = (sums[name] / count).cpu()
+        out[name] = {"importance": h_sum, "variance": (h2_sum - h_sum ** 2).clamp_min(0), "pi": pi_sum,
+                     "kept": kept_sum, "m": gate.m.double().cpu(), "s": gate.s.double().cpu(), "images": count}
+    return out
+
+
+@torch.no_grad()
+def update_masks(model: nn.Module, batches, thres_s: float = 0.5, thres_m: float = 0.5,
+                 limit: int | None = None, progress: bool = False) -> dict[str, dict]:
+    """Set ``s`` and ``m`` of every gate from a pass over ``batches`` (see :func:`channel_stats`):
+
+    * ``m_c = 1[mean over images of pi_c > thres_m]`` (pi = h * keep): a channel the gate rarely
+      values is removed;
+    * ``s_c = 1[variance over images of h_c > thres_s]``: a channel whose importance hardly varies
+      becomes static; its ``gamma_c`` is set to its mean importance so its output stays the same on average.
+
+    Statistics are taken with the gates as they are. Returns ``{layer: {"channels", "kept", "static"}}``.
+    """
+    stats = channel_stats(model, batches, limit, progress)
+    report = {}
+    for name, gate in gates(model).items():
+        st = stats[name]
+        m = (st["pi"] > thres_m).to(gate.m)
+        s = (st["variance"] > thres_s).to(gate.s)
+        newly_static = ((gate.s > 0) & (s == 0)).cpu()
+        gate.gamma.data[newly_static.to(gate.gamma.device)] = st["importance"][newly_static].to(gate.gamma)
         gate.m.copy_(m)
         gate.s.copy_(s)
         report[name] = {"channels": int(m.numel()), "kept": int(m.sum()), "static": int((s == 0).sum())}
