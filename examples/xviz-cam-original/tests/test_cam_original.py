@@ -19,8 +19,8 @@ from torch import nn
 from torchcam.methods import CAM as TorchcamCAM
 
 import xviz
+from xviz import explain_tensors
 from xviz.errors import XvizError
-from xviz.explainer import explain_tensors
 from xviz_cam_original import CAM
 from xviz_zoo.demo import SAMPLES  # the six sample images bundled with xviz's demo model
 
