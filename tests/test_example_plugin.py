@@ -78,6 +78,18 @@ def test_tutorial_code_blocks_are_copied_from_the_package():
     assert pyproject == (PACKAGE / "pyproject.toml").read_text()  # shown whole
 
 
+@installed
+def test_the_tutorials_python_example_runs(tmp_path, monkeypatch):
+    [code] = [body for lang, first, body in tutorial_blocks() if lang == "python" and first == "# README.md"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")  # the sample images, at the path the example uses
+    namespace = {}
+    exec(compile(code, f"{TUTORIAL}", "exec"), namespace)
+    cam, gradcam = namespace["cam"], namespace["gradcam"]
+    assert (cam.method, gradcam.method) == ("cam", "gradcam")
+    assert cam.maps.shape == (1, 1, 64, 64) and cam.target_names == (("striped",),)
+
+
 def test_tutorial_images_exist():
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", TUTORIAL.read_text())
     assert images == ["images/writing_plugins_cam.png"]

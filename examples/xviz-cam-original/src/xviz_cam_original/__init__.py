@@ -21,8 +21,8 @@ from xviz.methods import Context, Method
 
 
 class CAM(Method):
-    """CAM: the classifier's weights of the target class, applied to each position of the layer
-    that the global average pooling reads."""
+    """CAM (Zhou et al., CVPR 2016): ``M_t = sum_k W[t, k] A_k``, where ``A`` (C x h x w) is the layer
+    that global average pooling reads and ``W`` the linear classifier after it; no ReLU, no bias."""
 
     name = "cam"
     summary = "CAM: channels weighted by the classifier of a GAP + linear head (Zhou et al. 2016)"
