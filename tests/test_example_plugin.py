@@ -59,6 +59,25 @@ def test_not_loaded_when_autoload_is_disabled(run_cli, monkeypatch):
     assert not any(line.split()[:1] == ["cam"] for line in out.splitlines())
 
 
+@installed
+def test_the_gallery_gives_cam_its_page(run_cli, tmp_path):
+    from xviz import gallery
+
+    if not hasattr(gallery, "generate"):
+        pytest.skip("`xviz gallery` does not generate method pages yet")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "winged.png").write_bytes((ROOT / "plugins/xviz_zoo/assets/samples/winged.png").read_bytes())
+    out = tmp_path / "gallery"
+    code, _, err = run_cli("gallery", "--methods-only", "--out", out, "--samples", samples, "--runs", tmp_path / "runs")
+    assert code == 0, err
+    page = (out / "methods" / "cam.md").read_text()
+    assert "`xviz_cam_original` (entry point of xviz-cam-original)" in page
+    assert "M_t = sum_k W[t, k] A_k" in page  # the definition is the method's docstring
+    assert (out / "methods" / "cam" / "grid_cam.png").stat().st_size > 1000
+    assert "[cam](methods/cam.md)" in (out / "index.md").read_text()
+
+
 def tutorial_blocks():
     """``(language, first line, rest)`` of each fenced code block of the tutorial."""
     text = TUTORIAL.read_text()
