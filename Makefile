@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.xviz-installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,12 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cam_speed.py
 
+# the gallery (method pages; figure pages, training runs cached in runs/gallery), then the site in site/
+# (`make docs GALLERY_FLAGS=--methods-only` keeps the committed figure pages and skips training)
+GALLERY_FLAGS ?=
+docs: $(STAMP)
+	$(BIN)/xviz gallery --out docs/gallery $(GALLERY_FLAGS)
+	$(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) demo-out build *.egg-info
+	rm -rf $(VENV) demo-out build site *.egg-info
