@@ -229,6 +229,8 @@ def _train_flags(parser) -> None:
             parser.add_argument(flag, default=None, metavar="A=1,B=2" if isinstance(default, dict) else "A,B")
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             parser.add_argument(flag, type=type(default), default=None, metavar=type(default).__name__.upper())
+        elif default is None and str(f.type).startswith("int"):  # e.g. image_size: int | None
+            parser.add_argument(flag, type=int, default=None, metavar="INT")
         else:
             parser.add_argument(flag, default=None)
 

@@ -7,6 +7,9 @@ For a convolution ``conv`` (input ``x``, C_out channels) followed by BatchNorm `
     pi    = h * keep
     out_c = m_c * (s_c * pi_c + (1 - s_c) * gamma_c * keep_c) * bn(conv(x))_c
 
+The predictor starts near ``h = 1`` (weights N(0, 0.01), bias 1; the reference code keeps torch's
+default initialisation), so a gated network starts as the network it was built from with its
+winner-take-all channels dropped, and transferred weights keep working from the first step.
 ``s`` (dynamic or static channel) and ``m`` (channel kept at all) are 0/1 buffers, both 1 at first;
 ``gamma`` is trainable (U(0, 1) at first) and matters once ``s_c = 0``. :func:`update_masks` sets
 them from statistics over a data pass. The network's own code is untouched: the gate is a child
@@ -47,6 +50,8 @@ class AFSGate(nn.Module):
         super().__init__()
         self.ratio = check_ratio(ratio)
         self.predictor = nn.Linear(in_channels, out_channels)
+        nn.init.normal_(self.predictor.weight, 0.0, 0.01)  # h ~ 1 at first: the gated network starts close
+        nn.init.ones_(self.predictor.bias)  # to the network it was built from (a transferred one keeps working)
         self.gamma = nn.Parameter(torch.rand(out_channels))
         self.register_buffer("s", torch.ones(out_channels))
         self.register_buffer("m", torch.ones(out_channels))

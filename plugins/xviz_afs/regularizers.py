@@ -12,7 +12,9 @@ as training starts). The loss is ``CE + lambda * R``.
 Hooked layers (``layers`` option, ``+``-separated module names) default to the last convolution of
 each ResNet stage: ``layer1.2.conv3 + layer2.3.conv3 + layer3.22.conv3 + layer4.2.conv3`` on
 ResNet-101, as in the AFDS code. The source runs with its AFS gates switched off: it is the plain
-pretrained network. Both are zero at the starting point and grow as the target moves away.
+pretrained network, and it uses the target's BatchNorm modes (batch statistics where the target uses
+them; its running statistics never change), so every penalty is exactly zero at the starting point
+and grows as the target moves away.
 """
 
 from __future__ import annotations
@@ -103,12 +105,19 @@ class _Distillation(Regularizer):
     def __init__(self, model, source, layers=None):
         super().__init__(model, source)
         set_gates(source, False)
+        target_bn = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        pairs = [(m, target_bn[n]) for n, m in source.named_modules() if n in target_bn]
+        for m, _ in pairs:
+            m.momentum = 0.0  # batch statistics when the target uses them, running statistics never updated
+        object.__setattr__(self, "bn_pairs", pairs)
         self.layers = parse_layers(model, layers)
         object.__setattr__(self, "target_features", _Features(model, self.layers))
         object.__setattr__(self, "source_features", _Features(source, self.layers, always=True))
 
     def pairs(self, inputs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         target = self.target_features.take(self.layers)
+        for mine, theirs in self.bn_pairs:
+            mine.train(theirs.training)
         with torch.no_grad():
             self.source(inputs)
         source = self.source_features.take(self.layers)
