@@ -226,6 +226,24 @@ def test_spearman_and_ssim():
     assert ssim(a, 1 - a)[0] < 0
 
 
+def test_boxes_follow_the_resize_and_crop():
+    from xviz.evaluate import region_kinds, regions_of
+    from xviz.images import Preprocessing
+
+    class Boxes:  # CUB's interface: box(i) = (x, y, width, height) in original pixels, image(i)
+        def image(self, i):
+            return Image.new("RGB", (80, 40))
+
+        def box(self, i):
+            return (0.0, 0.0, 40.0, 40.0)  # the left half
+
+    # 80 x 40 -> resize the short side to 32: 64 x 32 -> center crop 32: original x 20..60 is kept,
+    # so the box (x < 40) covers the crop's left half
+    mask = regions_of(Boxes(), 0, Preprocessing(32, 32, (0.5,) * 3, (0.25,) * 3), (32, 32))["box"]
+    assert region_kinds(Boxes()) == ("box",)
+    assert mask.shape == (32, 32) and mask[:, :15].all() and not mask[:, 17:].any()
+
+
 # --- the sanity check -------------------------------------------------------------------------------
 
 def test_randomized_copy_resets_the_top_layers_only(demo):
@@ -283,7 +301,7 @@ def test_cli_end_to_end_on_the_demo_model(cli, tmp_path):
             assert math.isfinite(float(r[col]))
     assert next(r for r in rows if r["method"] == RANDOM)["sanity_flagged"] == "1"
     assert next(r for r in rows if r["method"] == "gradcam")["sanity_flagged"] == "0"
-    for name in ("evaluate_ranking.png", "evaluate_curves.png"):
+    for name in ("evaluate_ranking.png", "evaluate_curves.png", "evaluate_sanity.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and im.width > 400 and im.height > 200
             assert len(np.unique(np.asarray(im.convert("L")))) > 20  # a drawn chart, not a blank canvas

@@ -356,6 +356,7 @@ class Results:
     rows: list[MethodScores]
     rank_by: str
     settings: dict
+    examples: dict = field(default_factory=dict, repr=False)  # a few images with original/randomised maps
 
     def columns(self) -> list[str]:
         present = {k for r in self.rows for k in r.values}
@@ -435,6 +436,37 @@ class Results:
 
         return save_png(fig, path)
 
+    def sanity_figure(self, path, title: str = "") -> Path:
+        """A few images; per method (in ranking order) its map of the trained model and of the model with
+        randomised top layers, with their Spearman correlation."""
+        import matplotlib.pyplot as plt
+
+        from xviz.render import overlay, save_png
+
+        ex = self.examples
+        if not ex.get("maps"):
+            raise XvizError("no sanity-check maps to draw: evaluate with the `sanity` metric")
+        methods = [r.method for r in self.rows if r.method in ex["maps"]]
+        n, cols = len(ex["images"]), 1 + 2 * len(methods)
+        fig, axes = plt.subplots(n, cols, figsize=(1.45 * cols, 1.55 * n + 0.5), squeeze=False)
+        for i, image in enumerate(ex["images"]):
+            axes[i, 0].imshow(image)
+            axes[i, 0].set_title(ex["labels"][i], fontsize=7)
+            for j, m in enumerate(methods):
+                trained, randomised = ex["maps"][m][0][i], ex["maps"][m][1][i]
+                rho = spearman(np.abs(trained[None]) if ex["signed"][m] else trained[None],
+                               np.abs(randomised[None]) if ex["signed"][m] else randomised[None])[0]
+                for c, (heat, what) in enumerate(((trained, m), (randomised, f"randomised, rho {rho:.2f}"))):
+                    ax = axes[i, 1 + 2 * j + c]
+                    ax.imshow(overlay(image, heat, 0.5, "jet", ex["signed"][m]))
+                    ax.set_title(what, fontsize=6.5)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle(title or "model-randomisation check: each method's map, trained vs randomised top layers",
+                     fontsize=9)
+        fig.tight_layout()
+        return save_png(fig, path)
+
     def curves_chart(self, path, title: str = "") -> Path:
         """Mean deletion and insertion curves of each method."""
         import matplotlib.pyplot as plt
@@ -508,7 +540,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
              steps: int = 20, baseline: str = "blur", blur_sigma: float | None = None, randomize: int = 3,
              flag_above: float = 0.5, layer: str | None = None, rank_by: str | None = None,
              reference: bool = True, chunk: int = 256, seed: int = 0, mean=None, std=None, pm=None,
-             progress: bool = True, dataset_name: str = "the dataset") -> Results:
+             progress: bool = True, dataset_name: str = "the dataset", show_examples: int = 4) -> Results:
     """Measure each method's faithfulness on ``dataset`` (items ``(normalised image, label)``;
     ``masks(i)`` or ``box(i)`` enable the pointing games). See the module docstring for the metrics.
 
@@ -516,7 +548,8 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     ``limit``: that many images, evenly spaced over the dataset; ``steps``: points of the
     deletion/insertion curves; ``baseline``: what removed pixels become (``blur``, ``mean``,
     ``black``, ``zero``); ``randomize``: how many top weight layers the sanity check re-initialises;
-    ``reference``: add the ``random`` map row; ``rank_by``: a column of :data:`COLUMNS` (default
+    ``reference``: add the ``random`` map row; ``show_examples``: images kept for
+    :meth:`Results.sanity_figure`; ``rank_by``: a column of :data:`COLUMNS` (default
     ``ins_minus_del``, insertion minus deletion AUC). ``mean``/``std``: the normalisation of a bare
     module's inputs (a LoadedModel brings its own), used for black pixels.
     """
@@ -573,6 +606,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     counts: dict[str, int] = {}
     signed: dict[str, bool] = {}
     size = tuple(example.shape[-2:])
+    examples: dict = {"images": [], "labels": [], "maps": {}, "signed": {}}
     started = time.perf_counter()
     bar = tqdm(total=len(indices), unit="img", desc="evaluating", disable=not progress, file=sys.stderr)
     with preserved_state(module):
@@ -590,6 +624,13 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
                 per_image = [regions_of(dataset, i, pre, size) for i in idx]
                 regions = {k: torch.from_numpy(np.stack([r[k] for r in per_image])) for k in per_image[0]}
             rand_maps = _randomized_maps(randomized, x, targets, use, layer_name, pm) if randomized is not None else {}
+            show = _pick_examples(targets.tolist(), show_examples - len(examples["images"])) if rand_maps else []
+            if show:
+                pixels = (x[show].float().cpu() * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
+                examples["images"] += list((pixels.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8))
+                names = loaded.class_names if loaded else []
+                examples["labels"] += [f"explaining {names[t] if t < len(names) else t}"
+                                       for t in targets[show].tolist()]
             for exp in exps:
                 key = exp.method if exp.layer is None or sum(e.method == exp.method for e in exps) == 1 \
                     else f"{exp.method}:{exp.layer}"
@@ -620,6 +661,11 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
                         a, b = np.abs(a), np.abs(b)
                     add("sanity_spearman", spearman(a, b).sum())
                     add("sanity_ssim", ssim(a, b, 1.0).sum())
+                    if show:
+                        kept = examples["maps"].setdefault(key, ([], []))
+                        kept[0].extend(exp.maps[show, 0])
+                        kept[1].extend(other[show])
+                        examples["signed"][key] = exp.signed
                 counts[key] = counts.get(key, 0) + len(idx)
             bar.update(len(idx))
     bar.close()
@@ -646,7 +692,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     rows.sort(key=lambda r: -r.values[criterion] if higher else r.values[criterion])
     settings = {
         "model": loaded.name if loaded else type(module).__name__,
-        "model_source": loaded.source if loaded else "",
+        "model_source": _relative(loaded.source) if loaded else "",
         "dataset": dataset_name,
         "images": int(len(indices)),
         "explained": "the predicted class of each image",
@@ -666,7 +712,24 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     from xviz.explanation import library_versions
 
     settings["versions"] = library_versions()
-    return Results(rows, criterion, settings)
+    return Results(rows, criterion, settings, examples)
+
+
+def _pick_examples(targets: list[int], count: int) -> list[int]:
+    """Up to ``count`` positions, one per explained class first, then the rest in order."""
+    if count <= 0:
+        return []
+    first = list({t: i for i, t in reversed(list(enumerate(targets)))}.values())[::-1]
+    order = sorted(first) + [i for i in range(len(targets)) if i not in first]
+    return order[:count]
+
+
+def _relative(source: str) -> str:
+    """A path under the current folder as a relative one (settings files travel between machines)."""
+    try:
+        return str(Path(source).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return source
 
 
 def _randomized_maps(randomized: nn.Module, x: torch.Tensor, targets: torch.Tensor, methods, layer, pm) -> dict:
@@ -719,7 +782,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-reference", action="store_true", help="leave out the random-map reference row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for evaluate_results.csv, evaluate_ranking.png, "
-                   "evaluate_curves.png, evaluate_settings.json")
+                   "evaluate_curves.png, evaluate_sanity.png, evaluate_settings.json")
     p.add_argument("--batch-size", type=int, default=32, help="images explained together (default: 32)")
     p.add_argument("--chunk", type=int, default=256, help="perturbed images per forward (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -762,13 +825,16 @@ def cmd_evaluate(args) -> int:
     out = writable_folder(args.out)
     model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
     dataset, described = load_data(args.data, model, args.split, args.root, args.pm)
+    check_metrics(metrics, dataset, described)
+    if names is None and len(dataset):
+        _, skipped = applicable_methods(model, dataset[0][0][None].to(device), None, args.layer, args.pm)
+        for name, why in skipped.items():
+            print(f"skipped `{name}`: {why}", file=sys.stderr)
     results = evaluate(model, names, dataset, metrics=metrics, limit=args.limit, batch_size=args.batch_size,
                        steps=args.steps, baseline=args.baseline, randomize=args.randomize, layer=args.layer,
                        rank_by=args.rank_by, reference=not args.no_reference, chunk=args.chunk, seed=args.seed,
                        pm=args.pm, dataset_name=described)
     s = results.settings
-    for name, why in s["skipped_methods"].items():
-        print(f"skipped `{name}`: {why}", file=sys.stderr)
     print(f"{model.name} on {described}, {s['images']} images, the predicted class explained; "
           f"ranked by {COLUMNS[results.rank_by][0]} ({'higher' if COLUMNS[results.rank_by][1] else 'lower'} is better)")
     print(results.table())
@@ -786,5 +852,8 @@ def cmd_evaluate(args) -> int:
                results.write_settings(out / "evaluate_settings.json")]
     if any("deletion" in r.curves or "insertion" in r.curves for r in results.rows):
         written.append(results.curves_chart(out / "evaluate_curves.png", title))
+    if results.examples.get("maps"):
+        written.append(results.sanity_figure(out / "evaluate_sanity.png", f"{title}: maps of the trained model vs "
+                                             f"randomised {', '.join(s['randomized_layers'])}"))
     print(f"wrote {', '.join(str(p) for p in written)} in {s['seconds']:.0f} s")
     return 0
