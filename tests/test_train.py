@@ -49,14 +49,15 @@ def test_every_recipe_runs_on_synthetic_data(name, tmp_path):
     options = recipe.get("model_options", {})
     if "input_size" in options:  # attention networks: small and at the test's input size
         options = dict(options, input_size=32, width=0.25)
+    model = "afs_resnet18" if recipe["model"].startswith("afs_resnet") else recipe["model"]  # the recipe's settings, a small depth
     cfg = make_config(name, dataset="synthetic", data=None, dataset_options={"size": 24, "image_size": 32},
-                      model_options=options,
+                      model=model, model_options=options,
                       image_size=32, weights="none", epochs=epochs, batch_size=12, unfreeze=unfreeze,
                       out=str(tmp_path / name), augment=[a for a in recipe.get("augment", []) if a != "rrc"] or [])
     result = train(cfg, log=lambda *a: None)
     assert len(result.history) == epochs
     data = read_checkpoint(tmp_path / name / "last.pt")
-    assert data["arch"] == recipe["model"] and data["class_names"][0] == "horned"
+    assert data["arch"] == model and data["class_names"][0] == "horned"
     assert data["arch_options"] == {**options, **({"head": recipe["head"]} if "head" in recipe else {})}
 
 
@@ -428,3 +429,50 @@ def test_a_corrupt_image_during_training_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err == ("xviz: error: image `train/0005.png` is damaged or truncated (broken data stream): "
                                  "re-export or replace it")
+
+
+# --- regularisers from plugins --------------------------------------------------------------------
+
+class HeadNormPlugin:
+    """A third-party regulariser through the ``xviz_register_regularizers`` hook: R = ||W_head||^2."""
+
+    built = []
+
+    @staticmethod
+    def make(model, source, head, example):
+        from xviz.regularizers import Regularizer
+
+        class HeadNorm(Regularizer):
+            def penalty(self, inputs):
+                return sum(p.pow(2).sum() for n, p in self.model.named_parameters() if n.startswith(head + "."))
+
+        HeadNormPlugin.built.append((head, tuple(example.shape), source.training,
+                                     any(p.requires_grad for p in source.parameters())))
+        return HeadNorm(model, source)
+
+    from xviz import hookimpl
+
+    @hookimpl
+    def xviz_register_regularizers(self):
+        from xviz.regularizers import RegularizerSpec
+
+        return [RegularizerSpec("head-norm", HeadNormPlugin.make, "squared norm of the classifier")]
+
+
+def test_a_plugin_regulariser_is_added_to_the_loss(tmp_path):
+    from xviz.registry import get_plugin_manager
+
+    pm = get_plugin_manager(entrypoints=False)
+    pm.register(HeadNormPlugin(), name="head-norm-plugin")
+    head_norm = {}
+    for lam in (0.0, 1.0):
+        result = train(tiny(tmp_path / f"run{lam}", reg="head-norm", reg_lambda=lam, epochs=2), pm=pm, log=lambda *a: None)
+        state = weights(result.run / "last.pt")
+        head_norm[lam] = sum(v.pow(2).sum().item() for k, v in state.items() if k.startswith("classifier."))
+        assert all(row["train_reg"] > 0 for row in result.history)
+    assert head_norm[1.0] < 0.5 * head_norm[0.0]  # the penalty shrank the classifier
+    head, example_shape, source_training, source_trainable = HeadNormPlugin.built[-1]
+    assert head == "classifier" and example_shape == (2, 3, 64, 64)
+    assert not source_training and not source_trainable  # the source is frozen, in eval mode
+    with pytest.raises(XvizError, match="unknown regulariser `head-nrm`.*did you mean `head-norm`"):
+        train(tiny(tmp_path / "typo", reg="head-nrm"), pm=pm, log=lambda *a: None)
