@@ -1,0 +1,222 @@
+"""XGradCAM, HiResCAM, LayerCAM, EigenCAM and ScoreCAM against pytorch-grad-cam and torchcam, on a tiny
+model and on the bundled demo model; the shared pass and ScoreCAM's chunking."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xviz.explainer import explain_tensors
+
+NEW = ["xgradcam", "hirescam", "layercam", "eigencam", "scorecam"]
+
+
+def run(model, x, methods, **kw):
+    return {e.method: e for e in explain_tensors(model, x, list(methods), **kw)}
+
+
+def pgc_maps(method, model, layer, x, targets, monkeypatch=None):
+    """pytorch-grad-cam's map at input size for one target per image."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = {"gradcam": pgc.GradCAM, "xgradcam": pgc.XGradCAM, "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM,
+           "eigencam": pgc.EigenCAM, "scorecam": pgc.ScoreCAM}[method]
+    peer = copy.deepcopy(model)
+    layers = [dict(peer.named_modules())[name] for name in ([layer] if isinstance(layer, str) else layer)]
+    with cls(model=peer, target_layers=layers) as cam:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+
+
+def patch_pgc(monkeypatch, scorecam_align_corners_false=True, eigencam_sign=True):
+    """Switch pytorch-grad-cam to the two conventions xviz documents (see docs/methods.md)."""
+    import pytorch_grad_cam.eigen_cam as eigen_cam
+    import pytorch_grad_cam.score_cam as score_cam
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+    class Upsample(torch.nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            self.size = size
+
+        def forward(self, t):
+            return F.interpolate(t, size=self.size, mode="bilinear", align_corners=False)
+
+    if scorecam_align_corners_false:
+        monkeypatch.setattr(score_cam.torch.nn, "UpsamplingBilinear2d", Upsample)
+    if eigencam_sign:
+        monkeypatch.setattr(eigen_cam, "get_2d_projection", get_2d_projection_with_sign_correction)
+
+
+def demo_batch(demo, n=8):
+    from xviz.data.synthetic import SyntheticParts
+
+    data = SyntheticParts("test", size=n, transform=demo.preprocessing.tensor)
+    return torch.stack([data[i][0] for i in range(n)])
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_equal_to_pytorch_grad_cam_on_the_tiny_model(tiny, images, method, monkeypatch):
+    patch_pgc(monkeypatch)
+    layer = "body"  # 8x8 at 16x16 input: ScoreCAM's masks are upsampled
+    exp = run(tiny, images, [method], layer=layer)[method]
+    ref = pgc_maps(method, tiny, layer, images, exp.targets[:, 0])
+    assert exp.maps.shape == (4, 1, 16, 16) and ref.shape == (4, 16, 16)
+    assert exp.raw.max() > 0 and np.ptp(ref, axis=(1, 2)).min() > 0.5  # real maps
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_equal_to_pytorch_grad_cam_on_the_demo_model(demo, method, monkeypatch):
+    patch_pgc(monkeypatch)
+    x = demo_batch(demo, 4 if method == "scorecam" else 8)
+    exp = run(demo, x, [method])[method]
+    assert exp.layer == "features"
+    ref = pgc_maps(method, demo.module, "features", x, exp.targets[:, 0])
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+
+
+def test_scorecam_equals_unpatched_peers_without_upsampling(tiny, images):
+    """At a layer with the input's resolution both peers' upsampling conventions coincide with xviz's."""
+    from torchcam.methods import ScoreCAM
+
+    exp = run(tiny, images, ["scorecam"], layer="body.4")["scorecam"]
+    assert exp.raw.shape[-2:] == images.shape[-2:]
+    ref = pgc_maps("scorecam", tiny, "body.4", images, exp.targets[:, 0])
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+    peer = copy.deepcopy(tiny)
+    with ScoreCAM(peer, target_layer="body.4", batch_size=7, input_shape=(3, 16, 16)) as extractor:
+        peer(images)
+        [tc] = extractor(class_idx=exp.targets[:, 0].tolist())
+    assert np.abs(exp.maps[:, 0] - tc.numpy()).max() <= 1e-5
+
+
+def test_scorecam_with_peer_upsampling_differs_only_slightly(demo, monkeypatch):
+    """pytorch-grad-cam upsamples ScoreCAM's masks with align_corners=True; the measured effect is small."""
+    x = demo_batch(demo, 4)
+    exp = run(demo, x, ["scorecam"])["scorecam"]
+    ref = pgc_maps("scorecam", demo.module, "features", x, exp.targets[:, 0])
+    diff = np.abs(exp.maps[:, 0] - ref).max()
+    assert 1e-3 < diff < 0.15, diff  # 0.060 measured
+
+
+def test_eigencam_sign_convention_and_pgc_default(demo, monkeypatch):
+    """Unpatched pytorch-grad-cam keeps LAPACK's arbitrary sign: it agrees with xviz on the images where
+    that sign already puts the larger magnitude on the positive side, and only there."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    x = demo_batch(demo, 8)
+    exp = run(demo, x, ["eigencam"])["eigencam"]
+    ref = pgc_maps("eigencam", demo.module, "features", x, exp.targets[:, 0])
+    store = {}
+    handle = demo.module.features.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        demo.module(x)
+    handle.remove()
+    p = get_2d_projection(store["a"].numpy())
+    agrees = np.abs(p.min(axis=(1, 2))) <= np.abs(p.max(axis=(1, 2)))
+    same = np.abs(exp.maps[:, 0] - ref).max(axis=(1, 2)) <= 1e-5
+    np.testing.assert_array_equal(same, agrees)
+    raw = exp.raw[:, 0]  # the convention: the largest magnitude of the projection is positive
+    assert (raw.max(axis=(1, 2)) > 0).all()
+
+
+@pytest.mark.parametrize("method", ["xgradcam", "layercam", "scorecam"])
+def test_equal_to_torchcam_at_feature_size(tiny, images, method):
+    """torchcam normalises at the layer's resolution: compare min-max normalised raw maps."""
+    import torchcam.methods as tcm
+
+    cls = {"xgradcam": tcm.XGradCAM, "layercam": tcm.LayerCAM, "scorecam": tcm.ScoreCAM}[method]
+    layer = "body.4"
+    exp = run(tiny, images, [method], layer=layer)[method]
+    peer = copy.deepcopy(tiny)
+    with cls(peer, target_layer=layer, input_shape=(3, 16, 16)) as extractor:
+        scores = peer(images)
+        kwargs = {} if method == "scorecam" else {"scores": scores}
+        [ref] = extractor(class_idx=exp.targets[:, 0].tolist(), **kwargs)
+    raw = torch.as_tensor(exp.raw[:, 0])
+    lo, hi = raw.amin((1, 2), keepdim=True), raw.amax((1, 2), keepdim=True)
+    ours = (raw - lo) / (hi - lo)
+    assert np.abs(ours.numpy() - ref.detach().numpy()).max() <= 1e-5
+
+
+def test_raw_formulas_by_hand(tiny, images):
+    """The raw maps from A and G taken independently (a tensor hook), in float64."""
+    m = copy.deepcopy(tiny).double()
+    store = {}
+
+    def keep(module, inputs, output):
+        store["a"] = output.detach().clone()
+        output.register_hook(lambda g: store.__setitem__("g", g))
+
+    dict(m.named_modules())["body"].register_forward_hook(keep)
+    exp = run(tiny, images, ["xgradcam", "hirescam", "layercam"], layer="body")
+    t = torch.as_tensor(exp["hirescam"].targets)
+    m(images.double()).gather(1, t).sum().backward()
+    a, g = store["a"], store["g"]
+    refs = {
+        "xgradcam": torch.relu(((g * a).sum((2, 3), keepdim=True) / a.sum((2, 3), keepdim=True) * a).sum(1)),
+        "hirescam": torch.relu((g * a).sum(1)),
+        "layercam": torch.relu((torch.relu(g) * a).sum(1)),
+    }
+    for name, ref in refs.items():
+        np.testing.assert_allclose(exp[name].raw[:, 0], ref.numpy(), rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+
+
+def test_all_methods_share_one_pass_and_topk(tiny, images, monkeypatch):
+    calls = {"grad": 0}
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grad"] += 1
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    forwards = []
+    tiny.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+    gradient_methods = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eigencam"]
+    together = run(tiny, images, gradient_methods, layer="body", topk=3)
+    assert calls["grad"] == 1 and forwards == [4]
+    monkeypatch.setattr(torch.autograd, "grad", real_grad)
+    for name in gradient_methods:
+        for k in range(3):
+            alone = run(tiny, images, [name], layer="body", target=int(together[name].targets[0, k]))[name]
+            np.testing.assert_allclose(alone.raw[0, 0], together[name].raw[0, k], rtol=1e-5, atol=1e-7)
+    eig = together["eigencam"].raw
+    np.testing.assert_array_equal(eig[:, 0], eig[:, 2])  # class-agnostic
+
+
+def test_scorecam_topk_from_one_set_of_masked_forwards(tiny, images):
+    from xviz_cam import ScoreCAM
+
+    forwards = []
+    tiny.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+    method = ScoreCAM(batch_size=5)
+    exp = run(tiny, images, [method], layer="body", topk=3)["scorecam"]
+    channels = 12
+    assert forwards[0] == 4 and sum(forwards[1:]) == 4 * channels  # one shared pass, then N * C masked images
+    assert max(forwards[1:]) == 5  # bounded chunks
+    for k in range(3):
+        single = run(tiny, images, [ScoreCAM(batch_size=48)], layer="body", target=int(exp.targets[1, k]))["scorecam"]
+        np.testing.assert_allclose(single.raw[1, 0], exp.raw[1, k], rtol=1e-5, atol=1e-7)
+
+
+def test_new_methods_leave_the_model_as_found(tiny, images):
+    tiny.train()
+    before = [m.training for m in tiny.modules()], [p.requires_grad for p in tiny.parameters()]
+    run(tiny, images, NEW, layer="body", topk=2)
+    assert ([m.training for m in tiny.modules()], [p.requires_grad for p in tiny.parameters()]) == before
+    assert all(p.grad is None for p in tiny.parameters())
+    assert all(not m._forward_hooks for m in tiny.modules())
+
+
+def test_methods_listed_with_formulas(pm):
+    from xviz.registry import methods
+
+    found = methods(pm)
+    for name in NEW:
+        assert name in found
+        doc = type(found[name]).__doc__
+        assert "M" in doc and "=" in doc and found[name].reference.startswith("http")
