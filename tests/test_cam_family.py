@@ -220,3 +220,70 @@ def test_methods_listed_with_formulas(pm):
         assert name in found
         doc = type(found[name]).__doc__
         assert "M" in doc and "=" in doc and found[name].reference.startswith("http")
+
+
+# ---- several layers fused ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam", "scorecam"])
+def test_several_layers_equal_pytorch_grad_cam_multi_layer(tiny, images, method, monkeypatch):
+    patch_pgc(monkeypatch)
+    layers = ["body.0", "body"]  # 16x16 and 8x8; body.0 is upstream of body
+    exp = run(tiny, images, [method], layer=layers)[method]
+    assert exp.layer == "body.0,body" and exp.raw.shape == (4, 1, 16, 16)
+    ref = pgc_maps(method, tiny, layers, images, exp.targets[:, 0])
+    assert np.abs(exp.maps[:, 0] - ref).max() <= 1e-5
+
+
+def test_several_layers_in_one_pass_equal_layers_explained_alone(tiny, images, monkeypatch):
+    from xviz.explainer import fuse_layer_maps
+
+    alone = {name: run(tiny, images, ["gradcam", "hirescam"], layer=name, topk=2) for name in ("body.0", "body.3", "body")}
+    calls = {"grad": 0, "forward": 0}
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grad"] += 1
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    tiny.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
+    fused = run(tiny, images, ["gradcam", "hirescam"], layer="body.0,body.3,body", topk=2)
+    assert calls == {"grad": 1, "forward": 1}
+    for method, exp in fused.items():
+        expected = fuse_layer_maps([torch.as_tensor(alone[n][method].raw) for n in alone], (16, 16))
+        np.testing.assert_allclose(exp.raw, expected.numpy(), atol=1e-5)
+        assert exp.maps.min() == 0 and exp.maps.max() == 1
+
+
+def test_fuse_layer_maps_is_the_mean_of_normalised_maps():
+    from xviz.explainer import fuse_layer_maps
+
+    a = torch.tensor([[[[0.0, 2.0], [4.0, 4.0]]]])  # normalised: 0, .5, 1, 1
+    b = torch.full((1, 1, 2, 2), 3.0)  # constant: contributes 0
+    np.testing.assert_allclose(fuse_layer_maps([a, b], (2, 2))[0, 0].numpy(), [[0.0, 0.25], [0.5, 0.5]])
+
+
+def test_layer_lists_and_bad_names(tiny, images):
+    from xviz.errors import XvizError
+    from xviz.explainer import layer_list
+
+    assert layer_list("a, b,a") == ["a", "b"] and layer_list(["a", "b,c"]) == ["a", "b", "c"] and layer_list(None) == []
+    single = run(tiny, images, ["gradcam"], layer=["body"])["gradcam"]
+    np.testing.assert_array_equal(single.raw, run(tiny, images, ["gradcam"], layer="body")["gradcam"].raw)
+    with pytest.raises(XvizError, match=r"no layer `body\.9`"):
+        run(tiny, images, ["gradcam"], layer="body.0,body.9")
+    with pytest.raises(XvizError, match=r"layer `head\.3` outputs shape"):
+        run(tiny, images, ["gradcam"], layer="body,head.3")
+
+
+def test_cli_explain_several_layers(run_cli, tmp_path):
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype("uint8")).save(tmp_path / f"{i}.png")
+    code, out, err = run_cli("explain", "--model", "xviz-demo", "--method", "gradcam,eigencam", "--layer",
+                             "features.3,features", "--batch-size", "1", "--out", tmp_path / "out",
+                             tmp_path / "0.png", tmp_path / "1.png")
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert written == ["0_eigencam.png", "0_gradcam.png", "1_eigencam.png", "1_gradcam.png"]

@@ -110,8 +110,8 @@ def cmd_explain(args) -> int:
                 for exp in explanations:
                     for k in range(exp.topk):
                         target_name = exp.target_names[i][k]
-                        layer = exp.layer if per_method[exp.method] > 1 else None
-                        base = out_dir / output_name(stems[path], exp.method, k, exp.topk, target_name, layer)
+                        named = exp.layer if per_method[exp.method] > 1 else None  # not `layer`: the next batch uses it
+                        base = out_dir / output_name(stems[path], exp.method, k, exp.topk, target_name, named)
                         heat = exp.maps[i, k]
                         written = save_png(enlarge(overlay(view, heat, args.alpha, args.cmap, exp.signed)), f"{base}.png")
                         if args.panel:
@@ -347,7 +347,8 @@ def build_parser(pm) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMG|DIR", help="image files or folders")
     p.add_argument("--method", action="append", help="method(s), comma-separated or repeated (default: gradcam)")
     model_args(p)
-    p.add_argument("--layer", help="target layer name (default: the model's, or the last spatial layer)")
+    p.add_argument("--layer", help="target layer name (default: the model's, or the last spatial layer); several "
+                   "as `a,b`: captured in one pass, each method's per-layer maps fused (mean of normalised maps)")
     p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
     p.add_argument("--topk", type=int, default=1, help="explain each image's top K classes")
     p.add_argument("--out", default="xviz-out", help="output folder (default: xviz-out)")

@@ -24,7 +24,7 @@ from torch import nn
 from xviz import registry
 from xviz.errors import XvizError
 from xviz.explanation import Explanation, library_versions
-from xviz.hooks import capture_layer, find_layer, first_output, preserved_state, spatial_layers
+from xviz.hooks import capture_layers, find_layer, first_output, preserved_state, spatial_layers
 from xviz.images import read_image
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel
@@ -134,14 +134,43 @@ def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = Fals
     return flat.clamp(0.0, 1.0).view(n, k, *size)
 
 
+def layer_list(layer: str | Sequence[str] | None) -> list[str]:
+    """Layer names from ``"a"``, ``"a,b"`` or ``["a", "b"]`` (module names never contain a comma), without repeats."""
+    if layer is None:
+        return []
+    parts = layer.split(",") if isinstance(layer, str) else [p for item in layer for p in str(item).split(",")]
+    names = [p.strip() for p in parts if p.strip()]
+    if not names:
+        raise XvizError(f"no layer name in `{layer}`")
+    return list(dict.fromkeys(names))
+
+
+def fuse_layer_maps(raws: Sequence[torch.Tensor], size: tuple[int, int], signed: bool = False) -> torch.Tensor:
+    """Several layers' (N, K, h_l, w_l) maps -> one (N, K, H, W): each normalised at its own resolution
+    (min-max, or x / max|x| when signed; a constant map is 0), upsampled bilinearly to ``size``, then
+    averaged (pytorch-grad-cam's rule; the Explanation's maps min-max normalise the mean again)."""
+    fused = None
+    for raw in raws:
+        own = normalize_maps(raw, tuple(raw.shape[-2:]), signed)
+        up = F.interpolate(own.flatten(0, 1)[:, None], size=size, mode="bilinear", align_corners=False)
+        up = up.view(*own.shape[:2], *size)
+        fused = up if fused is None else fused + up
+    return fused / len(raws)
+
+
 def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, methods: Sequence[str | Method] = ("gradcam",),
-                    *, layer: str | None = None, target=None, topk: int = 1, inputs_names: Sequence[str] = (),
+                    *, layer: str | Sequence[str] | None = None, target=None, topk: int = 1, inputs_names: Sequence[str] = (),
                     pm=None) -> list[Explanation]:
     """Explain a batch of preprocessed images with each method; one Explanation per method (per layer
     for a method that returns maps of several layers, such as ``attention``).
 
     All methods share one forward pass and (gradient methods) one ``autograd.grad`` call. The
     model is left exactly as found: modes, ``requires_grad``, no hooks, no graph kept alive.
+
+    ``layer`` may name several layers (``["a", "b"]`` or ``"a,b"``): all are captured in the same
+    forward, gradients to all come from the same call, each layer-method computes a map per layer and
+    the maps are fused by :func:`fuse_layer_maps` into one Explanation whose ``layer`` is ``"a,b"`` and
+    whose ``raw`` is the fused map at input size.
     """
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.module if loaded else model
@@ -158,9 +187,16 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     if reference is not None:
         inputs = inputs.to(device=reference.device, dtype=reference.dtype)
     needs_layer = any(m.uses_layer for m in chosen)
-    layer_name = None
+    layer_name, layer_names = None, []
     if needs_layer:
-        layer_name, _ = resolve_layer(module, layer, inputs, loaded.name if loaded else None, pm, warn=True)
+        requested = layer_list(layer)
+        if len(requested) > 1:
+            layer_names = [resolve_layer(module, name, inputs)[0] for name in requested]
+        else:
+            layer_name, _ = resolve_layer(module, requested[0] if requested else None, inputs,
+                                          loaded.name if loaded else None, pm, warn=True)
+            layer_names = [layer_name]
+        layer_name = layer_names[0]
 
     for m in chosen:
         m.check(module, pm)
@@ -170,24 +206,36 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         with contextlib.ExitStack() as stack:
             observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
             if needs_layer:
-                captured = stack.enter_context(capture_layer(find_layer(module, layer_name)))
+                captured = stack.enter_context(capture_layers([find_layer(module, n) for n in layer_names]))
             logits = first_output(module(inputs))
-        activation = captured.activation if needs_layer else None
-        if needs_layer and activation is None:
-            raise XvizError(f"layer `{layer_name}` did not run in the forward pass: choose another --layer")
+        activations = {name: c.activation for name, c in zip(layer_names, captured)} if needs_layer else {}
+        for name, act in activations.items():
+            if act is None:
+                raise XvizError(f"layer `{name}` did not run in the forward pass: choose another --layer")
+        activation = activations.get(layer_name)
         if logits.dim() != 2:
             raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
         if not class_names:
             class_names = [str(i) for i in range(logits.shape[1])]
         targets = resolve_targets(logits.detach(), target, topk, class_names)
-        ctx = Context(module, inputs, logits, targets, layer_name, activation)
+        ctx = Context(module, inputs, logits, targets, layer_name, activation, layers=activations)
         ctx.observed = observed
+        size = tuple(inputs.shape[-2:])
         try:
             raws = []
             for m in chosen:
-                if m.uses_layer and (activation.dim() != 4 or activation.shape[2] * activation.shape[3] == 1):
-                    raise XvizError(f"layer `{layer_name}` outputs shape {tuple(activation.shape)}, not a spatial map "
-                                    f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
+                for name, act in activations.items() if m.uses_layer else ():
+                    if act.dim() != 4 or act.shape[2] * act.shape[3] == 1:
+                        raise XvizError(f"layer `{name}` outputs shape {tuple(act.shape)}, not a spatial map "
+                                        f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
+                if m.uses_layer and len(layer_names) > 1:
+                    results = [m.compute(ctx.at(name)) for name in layer_names]
+                    if any(isinstance(r, dict) for r in results):  # a method explaining layers of its own
+                        raws.extend((m, name, raw.detach()) for name, raw in results[0].items())
+                        continue
+                    fused = fuse_layer_maps([r.detach() for r in results], size, m.signed)
+                    raws.append((m, ",".join(layer_names), fused))
+                    continue
                 result = m.compute(ctx)
                 per_layer = result.items() if isinstance(result, dict) else [(layer_name if m.uses_layer else None, result)]
                 raws.extend((m, name, raw.detach()) for name, raw in per_layer)
@@ -195,7 +243,7 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
             ctx.release()
 
     probs = torch.softmax(logits.detach().float(), dim=1)
-    del logits, activation
+    del logits, activation, activations
     top_p, top_i = probs.max(dim=1)
     t = targets.cpu().numpy()
     common = dict(
@@ -209,7 +257,6 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         inputs=tuple(str(n) for n in inputs_names),
         versions=library_versions(),
     )
-    size = tuple(inputs.shape[-2:])
     out = []
     for m, name, raw in raws:
         if raw.dim() != 4 or raw.shape[:2] != targets.shape:
@@ -223,7 +270,7 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
 
 
 def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
-            layer: str | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
+            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
     """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
     method covering all images."""
     if isinstance(images, (str, Path, Image.Image)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,20 +53,48 @@ class Captured:
     calls: int = 0
 
 
+def token_grid_side(tensor: torch.Tensor) -> int | None:
+    """``s`` when ``tensor`` is (N, 1 + s*s, C) tokens (a class token then an s x s patch grid,
+    batch first, as torchvision's ViT blocks), else None."""
+    if tensor.dim() != 3 or tensor.shape[1] < 5:
+        return None
+    side = math.isqrt(tensor.shape[1] - 1)
+    return side if side * side == tensor.shape[1] - 1 else None
+
+
+def _capture(tensor: torch.Tensor, keep_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what is captured, what goes downstream). The captured tensor is a detached leaf that requires
+    grad, or (``keep_graph`` and the output already requires grad: a layer downstream of another captured
+    one) the output itself, so gradients still reach the layers upstream. Tokens (N, 1 + h*w, C) are
+    captured as an (N, C, h, w) grid (class token dropped), and downstream gets tokens rebuilt from that
+    grid, so gradients to the grid are exact."""
+    attached = keep_graph and tensor.requires_grad
+    side = token_grid_side(tensor)
+    if side is None:
+        captured = tensor if attached else tensor.detach().requires_grad_(True)
+        return captured, captured.clone()
+    n, _, c = tensor.shape
+    grid = tensor[:, 1:].reshape(n, side, side, c).permute(0, 3, 1, 2)
+    cls = tensor[:, :1]
+    if not attached:
+        grid, cls = grid.detach().contiguous().requires_grad_(True), cls.detach()
+    passed_on = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(n, side * side, c)], dim=1)
+    return grid, passed_on
+
+
 @contextlib.contextmanager
-def capture_layer(layer: nn.Module):
+def capture_layer(layer: nn.Module, keep_graph: bool = False):
     """Record ``layer``'s output (first tensor of a tuple) as a grad-requiring leaf; removes the
-    hook on exit. If the layer runs several times in one forward, the last call is kept."""
+    hook on exit. If the layer runs several times in one forward, the last call is kept. Token outputs
+    (N, 1 + h*w, C) are recorded as (N, C, h, w) (see :func:`_capture`)."""
     captured = Captured()
 
     def hook(module, args, output):
         tensor = output[0] if isinstance(output, (tuple, list)) else output
         if not torch.is_tensor(tensor):
             raise XvizError(f"layer `{type(module).__name__}` returns {type(tensor).__name__}, not a tensor")
-        leaf = tensor.detach().requires_grad_(True)
-        captured.activation = leaf
+        captured.activation, passed_on = _capture(tensor, keep_graph)
         captured.calls += 1
-        passed_on = leaf.clone()
         if isinstance(output, tuple):
             return (passed_on, *output[1:])
         if isinstance(output, list):
@@ -77,6 +106,15 @@ def capture_layer(layer: nn.Module):
         yield captured
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def capture_layers(layers: list[nn.Module]):
+    """:func:`capture_layer` for several layers in one forward pass; a list of ``Captured``. One layer
+    is captured exactly as by ``capture_layer``; with several, a layer downstream of another keeps its
+    graph, so the gradients to every captured layer are exact."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(capture_layer(layer, keep_graph=len(layers) > 1)) for layer in layers]
 
 
 def first_output(output) -> torch.Tensor:

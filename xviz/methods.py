@@ -8,6 +8,7 @@ all K targets of every image at once.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable
 
 import torch
@@ -58,10 +59,12 @@ class Context:
     * ``gradients``: (N, K, C, h, w), ``dS_t / dA`` for each target's raw score ``S_t``;
       computed on first access by a single ``torch.autograd.grad`` call.
     * ``observed``: ``{method name: what its observe() recorded during the forward pass}``.
+    * ``layers``: ``{name: activation}`` of every captured layer (several with ``layer=["a", "b"]``);
+      ``ctx.at(name)`` is the context at one of them. The gradients of all layers come from one call.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                 layer: str | None, activations: torch.Tensor | None):
+                 layer: str | None, activations: torch.Tensor | None, layers: dict | None = None):
         self.model = model
         self.inputs = inputs
         self.logits = logits
@@ -69,39 +72,55 @@ class Context:
         self.layer = layer
         self.activations = activations
         self.observed: dict = {}
-        self._gradients: torch.Tensor | None = None
+        # every captured layer {name: activation}; views made by at() share it and the gradients
+        self.layers: dict = dict(layers) if layers else ({layer: activations} if activations is not None else {})
+        self._shared: dict = {}
 
     @property
     def gradients(self) -> torch.Tensor:
-        if self._gradients is None:
-            self._gradients = target_gradients(self.logits, self.targets, self.activations)
-        return self._gradients
+        if self.layer not in self._shared:
+            names = list(self.layers) if self.layer in self.layers else [self.layer]
+            tensors = [self.layers.get(name, self.activations) for name in names]
+            self._shared.update(zip(names, target_gradients(self.logits, self.targets, tensors)))
+        return self._shared[self.layer]
+
+    def at(self, layer: str) -> "Context":
+        """This context seen at another captured layer: same pass, same (shared) gradient call."""
+        view = copy.copy(self)
+        view.layer, view.activations = layer, self.layers[layer]
+        return view
 
     def release(self) -> None:
         """Drop the autograd graph and cached tensors."""
-        self.logits = self.activations = self._gradients = None
+        self.logits = self.activations = None
+        self._shared.clear()
+        self.layers.clear()
         self.observed = {}
 
 
-def target_gradients(logits: torch.Tensor, targets: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+def target_gradients(logits: torch.Tensor, targets: torch.Tensor, activation):
     """``d logits[n, targets[n, k]] / d activation[n]`` for all n, k, as (N, K, *activation[0].shape).
 
-    Sums over the batch are exact because images do not interact in eval mode. K > 1 uses one
-    batched (vmapped) backward; if an operation has no batching rule, it falls back to K calls.
+    ``activation`` may be a list of tensors (several layers): then a list of gradients, from the same
+    single call. Sums over the batch are exact because images do not interact in eval mode. K > 1
+    uses one batched (vmapped) backward; if an operation has no batching rule, it falls back to K calls.
     """
+    single = torch.is_tensor(activation)
+    inputs = [activation] if single else list(activation)
     scores = logits.gather(1, targets)  # (N, K)
     n, k = scores.shape
     if k == 1:
-        (grad,) = torch.autograd.grad(scores.sum(), activation)
-        return grad.unsqueeze(1)
+        grads = [g.unsqueeze(1) for g in torch.autograd.grad(scores.sum(), inputs)]
+        return grads[0] if single else grads
     selectors = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
     try:
-        (grad,) = torch.autograd.grad(scores, activation, grad_outputs=selectors, is_grads_batched=True,
-                                      retain_graph=True)
+        grads = torch.autograd.grad(scores, inputs, grad_outputs=selectors, is_grads_batched=True,
+                                    retain_graph=True)
     except RuntimeError:
-        grad = torch.stack([torch.autograd.grad(scores[:, j].sum(), activation, retain_graph=True)[0]
-                            for j in range(k)])
-    return grad.transpose(0, 1)
+        per_target = [torch.autograd.grad(scores[:, j].sum(), inputs, retain_graph=True) for j in range(k)]
+        grads = [torch.stack(gs) for gs in zip(*per_target)]
+    grads = [g.transpose(0, 1) for g in grads]
+    return grads[0] if single else grads
 
 
 class FunctionMethod(Method):
