@@ -143,8 +143,8 @@ def _lr_steps(s: Setting) -> list[Step]:
     if s.data:
         args = ["--recipe", "cub-unfrozen", "--data", s.data]
     else:
-        args = ["--model", DEMO_MODEL, "--weights", "none", "--dataset", "synthetic", "--dataset-options",
-                "size=1600,seed=1", "--batch-size", "32", "--start-lr", "1e-5"]
+        args = ["--model", DEMO_MODEL, "--weights", _DEMO_WEIGHTS, "--transfer", "backbone", "--dataset", "synthetic",
+                "--dataset-options", "size=1600,seed=1", "--batch-size", "32", "--start-lr", "1e-5"]
     return [Step(["lr-find", *args, "--plot", f"{s.page}/lr_find.png"])]
 
 
@@ -189,9 +189,10 @@ def _afs_steps(s: Setting) -> list[Step]:
     source, gated = f"{s.runs}/afds-synthetic-source", f"{s.runs}/afds-synthetic"
     return [Step(["train", "--recipe", "afds-synthetic-source", "--out", source], source),
             Step(["train", "--recipe", "afds-synthetic", "--weights", f"{source}/best.pt", "--out", gated], gated),
-            Step(["afs-update", "--checkpoint", gated]),
-            Step(["afs-report", "--checkpoint", gated, "--out", s.page]),
-            Step(["explain", "--checkpoint", gated, "--method", "afs-channels", "--out", s.page, *s.sample("winged")])]
+            Step(["afs-update", "--checkpoint", gated, "--out", f"{gated}/masked.pt"]),
+            Step(["afs-report", "--checkpoint", f"{gated}/masked.pt", "--out", s.page]),
+            Step(["explain", "--checkpoint", f"{gated}/masked.pt", "--method", "afs-channels", "--out", s.page,
+                  *s.sample("winged")])]
 
 
 FIGURES: list[Figure] = [
@@ -221,7 +222,8 @@ FIGURES: list[Figure] = [
     Figure(
         "lr-finder", "Learning-rate finder",
         "The exponential learning-rate range test (fastai's): smoothed loss against the learning rate, "
-        "with the suggested rate (valley) and the steepest descent marked.",
+        "with the suggested rate (valley) and the steepest descent marked; here for a new head on the demo "
+        "model's convolutions, on synthetic images it never saw (seed 1).",
         _lr_steps, lambda s: ["lr_find.png"],
     ),
     Figure(
@@ -236,7 +238,8 @@ FIGURES: list[Figure] = [
         "Attentive feature distillation and selection (AFDS, Wang et al. 2020): the channel importances "
         "of the AFS gates of a ResNet-18 transferred with the AFD regulariser, and where the channels each "
         "gate keeps fire.",
-        _afs_steps, lambda s: ["afs_importance.png", "winged_afs-channels_layers.png"], methods=("afs-channels",),
+        _afs_steps, lambda s: ["channel_importance.png", "kept_fraction.png", "top_channels.png",
+                               "winged_afs-channels_layers.png"], methods=("afs-channels",),
         commands=("afs-update", "afs-report"),
     ),
 ]
@@ -479,6 +482,9 @@ def write_index(out: Path, methods: list[MethodResult], figures: list[FigureResu
         if f.missing:
             lines.append(f"| {f.figure.title} | pending: {', '.join(f'`{x}`' for x in f.missing)} "
                          "is not registered yet |")
+        elif not f.page:
+            lines.append(f"| {f.figure.title} | not generated yet: `xviz gallery --figure {f.figure.slug}` "
+                         "(trains its runs) |")
         else:
             lines.append(f"| [{f.figure.title}]({f.page}) | {_thumb(f'figures/{f.figure.slug}/{f.images[0]}', f.figure.title)} |")
     lines += ["", "## Regenerating", "", "```bash",
@@ -555,7 +561,7 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
         elif (out / "figures" / f"{fig.slug}.md").is_file():
             result = FigureResult(fig, page=f"figures/{fig.slug}.md", images=fig.images(setting))
         else:
-            continue  # never generated and not asked for
+            result = FigureResult(fig)  # available, never generated here: the index says how to make it
         figure_results.append(result)
     write_index(out, method_results, figure_results, Setting(str(runs), "", str(sample_dir), data))
     return method_results, figure_results
@@ -568,10 +574,10 @@ def cmd_gallery(args) -> int:
     for m in methods:
         if m.problem and m.images:
             print(f"gallery: method `{m.name}` reported: {m.problem}", file=sys.stderr)
-    pending = [f for f in figures if f.missing]
+    pending = [f for f in figures if f.missing or not f.page]
     print(f"wrote {len(methods)} method page(s) and {len(figures) - len(pending)} figure page(s) to {args.out}/ "
           f"in {time.perf_counter() - started:.0f} s"
-          + (f"; pending (not registered): {', '.join(f.figure.slug for f in pending)}" if pending else ""))
+          + (f"; not generated (pending or never made): {', '.join(f.figure.slug for f in pending)}" if pending else ""))
     return 0
 
 
