@@ -256,7 +256,8 @@ class Occlusion(Method):
 class _NoiseTunnel(Method):
     """SmoothGrad over a base attribution: the mean of its maps at ``samples`` noisy copies
     ``x + eps_s``, ``eps_s ~ N(0, sigma^2)``, ``sigma = stdev * (max x - min x)`` per image
-    (Smilkov et al. 2017's noise level), drawn from ``torch.manual_seed(seed)``."""
+    (Smilkov et al. 2017's noise level), drawn after ``torch.manual_seed(seed)`` for each image, so an
+    image's map does not depend on the other images in the batch."""
 
     uses_layer = False
 
@@ -285,6 +286,7 @@ class _NoiseTunnel(Method):
         out = []
         with _quiet(), _seeded(self.seed, x.device):
             for first in range(0, len(x), k):  # sigma is per image: one image's K rows at a time
+                torch.manual_seed(self.seed)  # an image's noise does not depend on its place in the batch
                 sigma = self.stdev * float(x[first].max() - x[first].min())
                 for start in range(first, first + k, step):
                     xs, ts = x[start:min(start + step, first + k)], t[start:min(start + step, first + k)]
