@@ -240,8 +240,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
         best_acc = max(best_acc, test_acc)
         if world.main:
             training = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rng_state(),
-                        "regularizer": regularizer.state_dict() if regularizer is not None else None}
+                        "scaler": scaler.state_dict(), "rng": rng_state()}
+            if regularizer is not None:
+                training["regularizer"] = regularizer.state_dict()
             run.save(epoch, dict(meta, state_dict=module.state_dict(), history=history), training, is_best)
             write_history(run.root, history)
         log(f"epoch {epoch}/{cfg.epochs} - train loss {row['train_loss']:.4f} - train acc {100 * row['train_acc']:.2f}%"
