@@ -34,6 +34,16 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def calibrate(model, size: int) -> None:
+    """BatchNorm statistics from one batch of noise, so random weights give finite activations in eval mode."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, size, size))
+    model.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="resnet18,resnet50")
@@ -47,7 +57,8 @@ def main() -> None:
           f"median of {args.repeats}")
     print(f"{'model':<10} {'d':>5} {'plain ms':>9} {'masked':>8} {'sparse':>8} {'MACs':>7}  sparse == masked")
     for name in args.models.split(","):
-        plain = torchvision.models.get_model(name, weights=None).eval()
+        plain = torchvision.models.get_model(name, weights=None)
+        calibrate(plain, args.size)
         with torch.no_grad():
             t_plain = timed(lambda: plain(x), args.repeats)
         for ratio in (float(r) for r in args.ratios.split(",")):
