@@ -174,7 +174,7 @@ def test_fea_map_and_afd_match_features_computed_independently():
     t_feats = create_feature_extractor(copy.deepcopy(model).train(), layers)(x)
     s_feats = create_feature_extractor(copy.deepcopy(source).train(), layers)(x)  # the target's BN mode
     want_fea = sum(0.5 * (t_feats[n] - s_feats[n]).pow(2).sum() / 4 for n in layers)
-    assert _penalty(fea, model, x) == pytest.approx(float(want_fea), rel=1e-4)
+    assert _penalty(fea, model, x) == pytest.approx(want_fea.detach().item(), rel=1e-4)
     model.eval()  # in eval mode nothing is recorded: evaluation passes add no penalty
     with torch.no_grad():
         model(x)
@@ -185,7 +185,7 @@ def test_fea_map_and_afd_match_features_computed_independently():
         s, t = s_feats[n], t_feats[n]
         rho = torch.softmax(net(s.flatten(2)).squeeze(-1), dim=1)
         assert torch.allclose(rho.sum(1), torch.ones(4))
-        want_afd += float((rho * (t - s).flatten(2).norm(dim=2)).sum() / 4)
+        want_afd += (rho * (t - s).flatten(2).norm(dim=2)).sum().detach().item() / 4
     assert _penalty(afd, model, x) == pytest.approx(want_afd, rel=1e-4)
     # AFD's attention networks are parameters the optimiser trains; the source is not
     names = [n for n, _ in afd.named_parameters()]

@@ -34,8 +34,7 @@ def importance_figure(stats: dict, title: str = ""):
         v = stats[n]["importance"].numpy()
         grid[i, : len(v)] = v / v.max() if v.max() > 0 else v
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(names) + 1.6))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#eeeeee")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("output channel")
