@@ -97,7 +97,14 @@ def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.M
 
 def build_regularizer(cfg: TrainConfig, module: nn.Module, source: nn.Module, example: torch.Tensor, pm):
     """The regulariser ``cfg.reg`` built on ``module`` and its frozen starting copy ``source``."""
-    spec = registry.lookup(registry.regularizers(pm), cfg.reg, "regulariser", "xviz train --help")
+    specs = registry.regularizers(pm)
+    if cfg.reg not in specs:
+        import difflib
+
+        close = difflib.get_close_matches(cfg.reg, specs, n=1, cutoff=0.5)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise XvizError(f"unknown regulariser `{cfg.reg}`: {hint}choose none or one of {', '.join(sorted(specs)) or '(none registered)'}")
+    spec = specs[cfg.reg]
     source.eval().requires_grad_(False)
     try:
         return spec.build(model=module, source=source, head=head_name(module), example=example, **cfg.reg_options)
