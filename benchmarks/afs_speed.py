@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 import torchvision
@@ -23,15 +21,7 @@ import torchvision
 from xviz_afs.gates import add_gates
 from xviz_afs.sparse import estimate_macs, sparse_forward
 
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time
 
 
 def calibrate(model, size: int) -> None:
@@ -60,12 +50,12 @@ def main() -> None:
         plain = torchvision.models.get_model(name, weights=None)
         calibrate(plain, args.size)
         with torch.no_grad():
-            t_plain = timed(lambda: plain(x), args.repeats)
+            t_plain = median_time(lambda: plain(x), args.repeats, warmup=True)
         for ratio in (float(r) for r in args.ratios.split(",")):
             gated = add_gates(copy.deepcopy(plain), ratio).eval()
             with torch.no_grad():
-                t_masked = timed(lambda: gated(x), args.repeats)
-                t_sparse = timed(lambda: sparse_forward(gated, x), args.repeats)
+                t_masked = median_time(lambda: gated(x), args.repeats, warmup=True)
+                t_sparse = median_time(lambda: sparse_forward(gated, x), args.repeats, warmup=True)
                 same = torch.allclose(sparse_forward(gated, x), gated(x), rtol=1e-3, atol=1e-4)
             macs = estimate_macs(gated, args.size)
             print(f"{name:<10} {ratio:>5.2f} {1000 * t_plain:>9.1f} {t_masked / t_plain:>7.2f}x {t_sparse / t_plain:>7.2f}x "

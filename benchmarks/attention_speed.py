@@ -10,8 +10,6 @@ forward with the attention blocks observed, maps upsampled and normalised into E
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -19,15 +17,7 @@ from xviz.explainer import explain_tensors
 from xviz.registry import get_plugin_manager
 from xviz_attention.models import AttnVGG
 
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time
 
 
 def main():
@@ -50,8 +40,8 @@ def main():
                 with torch.no_grad():
                     model(x)
 
-            base = timed(plain, args.repeats)
-            ours = timed(lambda: explain_tensors(model, x, ["attention"], pm=pm), args.repeats)
+            base = median_time(plain, args.repeats, warmup=True)
+            ours = median_time(lambda: explain_tensors(model, x, ["attention"], pm=pm), args.repeats, warmup=True)
             print(f"{attention:<8} {batch:>5} {1000 * base:>11.1f} {1000 * ours:>13.1f} {ours / base:>6.3f}", flush=True)
 
 

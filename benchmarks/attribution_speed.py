@@ -16,12 +16,12 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+
+from timing import median_time
 
 sys.path.insert(0, ".")
 
@@ -70,15 +70,6 @@ def captum_direct(name: str, model, x, t, layer: str):
             x, nt_type="smoothgrad", nt_samples=10, stdevs=sigma, nt_samples_batch_size=max(1, 32 // len(x)),
             target=t, n_steps=20, baselines=0.0, internal_batch_size=32).sum(1)
     raise KeyError(name)
-
-
-def median_time(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def speed(which: str, size: int, n: int, names: list[str], layer: str) -> list[str]:
