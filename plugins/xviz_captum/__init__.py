@@ -126,6 +126,12 @@ class IntegratedGradients(Method):
             return _unrows(self.attribute(_Scores(ctx.model), x, t).sum(dim=1), ctx)
 
 
+def _per_target(ctx: Context, attribute) -> torch.Tensor:
+    """(N, K, H, W): ``attribute(targets[:, k]) -> (N, H, W)`` for each of the K targets, captum quiet."""
+    with _quiet():
+        return torch.stack([attribute(ctx.targets[:, k]) for k in range(ctx.targets.shape[1])], dim=1)
+
+
 class Saliency(Method):
     """Saliency (Simonyan et al., ICLR Workshop 2014), through ``captum.attr.Saliency(abs=True)``.
 
@@ -141,10 +147,7 @@ class Saliency(Method):
         from captum.attr import Saliency as CaptumSaliency
 
         saliency, x = CaptumSaliency(_Scores(ctx.model)), ctx.inputs.detach()
-        with _quiet():
-            maps = [saliency.attribute(x, target=ctx.targets[:, k], abs=True).detach().amax(dim=1)
-                    for k in range(ctx.targets.shape[1])]
-        return torch.stack(maps, dim=1)
+        return _per_target(ctx, lambda t: saliency.attribute(x, target=t, abs=True).detach().amax(dim=1))
 
 
 class GuidedBackprop(Method):
@@ -170,9 +173,7 @@ class GuidedBackprop(Method):
         from captum.attr import GuidedBackprop as CaptumGB
 
         gb, x = CaptumGB(_Scores(ctx.model)), ctx.inputs.detach()
-        with _quiet():
-            maps = [gb.attribute(x, target=ctx.targets[:, k]).detach().sum(dim=1) for k in range(ctx.targets.shape[1])]
-        return torch.stack(maps, dim=1)
+        return _per_target(ctx, lambda t: gb.attribute(x, target=t).detach().sum(dim=1))
 
 
 class GuidedGradCAM(Method):
@@ -197,10 +198,7 @@ class GuidedGradCAM(Method):
 
         scores = _Scores(ctx.model)
         ggc, x = CaptumGGC(scores, find_layer(ctx.model, ctx.layer)), ctx.inputs.detach()
-        with _quiet():
-            maps = [ggc.attribute(x, target=ctx.targets[:, k], interpolate_mode="bilinear").detach().sum(dim=1)
-                    for k in range(ctx.targets.shape[1])]
-        return torch.stack(maps, dim=1)
+        return _per_target(ctx, lambda t: ggc.attribute(x, target=t, interpolate_mode="bilinear").detach().sum(dim=1))
 
 
 class Occlusion(Method):
