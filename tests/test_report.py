@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from xviz.errors import XvizError
-from xviz.report import RESULTS, SETTINGS, append_records, build_report, read_labels, read_results, report_data
+from xviz.report import (RESULTS, SETTINGS, append_records, build_report, read_labels, read_results, report_data,
+                         write_evaluation)
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -217,3 +218,20 @@ def test_pages_of_many_rows(browser, tmp_path):
     assert _names(browser)[0] == "img050.png"
     browser.find_element("id", "search").send_keys("img11")
     assert _names(browser) == [f"img11{i}.png" for i in range(10)]
+
+
+def test_an_evaluation_page_shows_the_ranking_and_its_figures(browser, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    _png(out / "evaluate_ranking.png", 1, side=120)
+    write_evaluation(out, "ranking on <demo>", ["method", "ins-del"], [["gradcam", 0.514], ["random", -0.026]],
+                     [("evaluate_ranking.png", "insertion minus deletion"), ("evaluate_curves.png", "gone")])
+    browser.get(build_report(out, show_progress=False).resolve().as_uri())
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "evaluate_curves" not in e["message"]]
+    section = browser.find_element("id", "evaluation")
+    assert section.find_element("tag name", "h2").text == "ranking on <demo>"
+    cells = [td.text for td in section.find_elements("css selector", "tbody td")]
+    assert cells == ["gradcam", "0.514", "random", "-0.026"]
+    loaded = browser.execute_script("return [...document.querySelectorAll('#evaluation img')].map(i => i.naturalWidth > 0)")
+    assert loaded == [True, False]  # the deleted figure shows as broken, the page still works
+    assert not browser.find_element("id", "controls").is_displayed()

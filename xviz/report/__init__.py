@@ -58,6 +58,17 @@ def write_settings(out_dir: str | Path, settings: dict) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_evaluation(out_dir: str | Path, title: str, columns: list[str], rows: list[list], figures: list[tuple[str, str]]) -> Path:
+    """Write ``<out_dir>/xviz-evaluation.json``: the ranking table (``columns``, ``rows``) and the figures
+    (``(file relative to out_dir, caption)``) that the report page shows above the images."""
+    from xviz.render import atomic_write
+
+    data = {"title": title, "columns": list(columns), "rows": [[str(c) for c in row] for row in rows],
+            "figures": [{"path": path, "caption": caption} for path, caption in figures]}
+    text = json.dumps(data, indent=1, ensure_ascii=True)
+    return atomic_write(Path(out_dir) / EVALUATION, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 @dataclass
 class Results:
     """What an output folder holds: settings, the latest record per image, damaged line count."""
