@@ -358,7 +358,7 @@ def test_cifar_resnet18_architecture():
     model = model_registry()["cifar_resnet18"].build(10)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962  # kuangliu's ResNet18
-    from xviz.hooks import spatial_layers
+    from xviz.capture import spatial_layers
 
     assert spatial_layers(model, torch.randn(1, 3, 32, 32))[-1] == ("layer4", (512, 4, 4))
 

@@ -190,7 +190,7 @@ def cmd_layers(args) -> int:
     import torch
 
     from xviz.explainer import resolve_layer
-    from xviz.hooks import spatial_layers
+    from xviz.capture import spatial_layers
     from xviz.models import load_model
 
     weights = args.weights or "none"  # names and shapes do not depend on the weights: nothing to download

@@ -49,7 +49,7 @@ from torch import nn
 from xviz import registry
 from xviz.errors import XvizError
 from xviz.explainer import explain_tensors, resolve_layer, resolve_methods
-from xviz.hooks import first_output, preserved_state
+from xviz.capture import first_output, preserved_state
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel
 

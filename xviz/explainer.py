@@ -24,7 +24,7 @@ from torch import nn
 from xviz import registry
 from xviz.errors import XvizError
 from xviz.explanation import Explanation, library_versions
-from xviz.hooks import capture_layers, find_layer, first_output, preserved_state, spatial_layers
+from xviz.capture import capture_layers, find_layer, first_output, preserved_state, spatial_layers
 from xviz.images import read_image
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel

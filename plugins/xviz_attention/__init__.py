@@ -12,7 +12,7 @@ import torch
 
 from xviz import hookimpl, registry
 from xviz.errors import XvizError
-from xviz.hooks import find_layer
+from xviz.capture import find_layer
 from xviz.images import Preprocessing
 from xviz.methods import Context, Method
 from xviz.models import ModelSpec

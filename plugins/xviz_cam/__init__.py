@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from xviz import hookimpl
-from xviz.hooks import first_output
+from xviz.capture import first_output
 from xviz.methods import Context, Method
 
 

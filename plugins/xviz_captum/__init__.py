@@ -24,7 +24,7 @@ from torch import nn
 
 from xviz import hookimpl
 from xviz.errors import XvizError
-from xviz.hooks import find_layer, first_output
+from xviz.capture import find_layer, first_output
 from xviz.methods import Context, Method
 
 

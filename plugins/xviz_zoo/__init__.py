@@ -31,7 +31,7 @@ TORCHVISION_LAYERS = {
     "mobilenet_v2": "features", "mobilenet_v3_large": "features", "efficientnet_b0": "features",
     "convnext_tiny": "features",
     # vision transformers: the last block's first LayerNorm (pytorch-grad-cam's choice); its (N, 1 + h*w, C)
-    # tokens are captured as an (N, C, h, w) grid, class token dropped (xviz.hooks.token_grid_side)
+    # tokens are captured as an (N, C, h, w) grid, class token dropped (xviz.capture.token_grid_side)
     "vit_b_16": "encoder.layers.encoder_layer_11.ln_1", "vit_b_32": "encoder.layers.encoder_layer_11.ln_1",
     "vit_l_16": "encoder.layers.encoder_layer_23.ln_1",
 }
