@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -269,10 +269,60 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     return out
 
 
-def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
-            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
-    """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
-    method covering all images."""
+@dataclass(frozen=True)
+class LayerChoice:
+    """The layer the layer methods explain, and how it was chosen: ``"given"``, ``"plugin"`` (the
+    model's default, from the ``xviz_default_target_layer`` hook) or ``"last spatial"``."""
+
+    name: str
+    how: str
+
+    def describe(self) -> str:
+        why = {"given": "as given", "plugin": "the model's default",
+               "last spatial": "the last layer with a spatial output"}[self.how]
+        return f"explaining layer `{self.name}` ({why}; choose another with --layer)"
+
+
+@dataclass
+class Batch:
+    """One batch of explained images: their ``names``, ``views`` (each image as the model sees it:
+    resized and cropped, a PIL image), one Explanation per method (per layer for methods that explain
+    several), the inputs that could not be read (``skipped``: ``(name, why)``) and the ``layer`` choice
+    (the same for every batch; ``None`` when no method uses a layer)."""
+
+    names: list[str]
+    views: list
+    explanations: list[Explanation]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    layer: LayerChoice | None = None
+
+
+def _input_name(image) -> str:
+    return (getattr(image, "filename", "") or "") if isinstance(image, Image.Image) else str(image)
+
+
+def _read_views(model: LoadedModel, images, skip_unreadable: bool):
+    names, views, skipped = [], [], []
+    for item in images:
+        try:
+            image = item if isinstance(item, Image.Image) else read_image(item)
+        except XvizError as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append((_input_name(item), str(exc)))
+            continue
+        names.append(_input_name(item))
+        views.append(model.preprocessing.view(image))
+    return names, views, skipped
+
+
+def explain_batches(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+                    layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16,
+                    pm=None, skip_unreadable: bool = False) -> Iterator[Batch]:
+    """Explain image files (or PIL images) with the model's own preprocessing, ``batch_size`` at a time:
+    one :class:`Batch` per batch, all methods sharing one pass (:func:`explain_tensors`). The layer is
+    chosen once, on the first batch. ``skip_unreadable``: an image that cannot be read is reported in
+    ``Batch.skipped`` instead of raising."""
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     if isinstance(methods, (str, Method)):
@@ -285,15 +335,33 @@ def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method
     if batch_size < 1:
         raise XvizError(f"batch_size {batch_size} must be at least 1")
     pm = pm or registry.default_plugin_manager()
-    names = [getattr(im, "filename", "") or "" if isinstance(im, Image.Image) else str(im) for im in images]
-    parts: list[list[Explanation]] = []
+    chosen = resolve_methods(methods, pm)
+    choice = None
     for start in range(0, len(images), batch_size):
-        chunk = [im if isinstance(im, Image.Image) else read_image(im) for im in images[start:start + batch_size]]
-        batch = torch.stack([model.preprocessing.tensor(im) for im in chunk])
-        if layer is None and any(m.uses_layer for m in resolve_methods(methods, pm)):
-            layer, _ = resolve_layer(model.module, None, batch, model.name, pm, warn=True)  # once, not per batch
-        parts.append(explain_tensors(model, batch, methods, layer=layer, target=target, topk=topk,
-                                     inputs_names=names[start:start + batch_size], pm=pm))
+        names, views, skipped = _read_views(model, images[start:start + batch_size], skip_unreadable)
+        if not views:
+            yield Batch(names, views, [], skipped, choice)
+            continue
+        batch = torch.stack([model.preprocessing.normalize(v) for v in views])
+        if choice is None and any(m.uses_layer for m in chosen):
+            choice = LayerChoice(",".join(layer_list(layer)), "given") if layer else \
+                LayerChoice(*resolve_layer(model.module, None, batch, model.name, pm))
+        explanations = explain_tensors(model, batch, chosen, layer=choice.name if choice else layer, target=target,
+                                       topk=topk, inputs_names=names, pm=pm)
+        yield Batch(names, views, explanations, skipped, choice)
+
+
+def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
+    """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
+    method covering all images (the batches of :func:`explain_batches`, joined)."""
+    parts: list[list[Explanation]] = []
+    for batch in explain_batches(model, images, methods, layer=layer, target=target, topk=topk,
+                                 batch_size=batch_size, pm=pm):
+        if not parts and batch.layer is not None and batch.layer.how == "last spatial":
+            warnings.warn(f"explaining layer `{batch.layer.name}`, the last with a spatial output; pass layer= "
+                          "to choose another", stacklevel=2)
+        parts.append(batch.explanations)
     return [concat(list(group)) for group in zip(*parts)]
 
 

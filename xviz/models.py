@@ -1,6 +1,6 @@
 """Model names and checkpoints -> a module with its preprocessing and class names.
 
-Plugins register :class:`ModelSpec` through ``xviz_register_models``. :func:`load_model` resolves
+Plugins register :class:`xviz.specs.ModelSpec` through ``xviz_register_models``. :func:`load_model` resolves
 ``--model NAME --weights DEFAULT|none|PATH`` or ``--checkpoint PATH`` into a :class:`LoadedModel`.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from xviz import registry
 from xviz.checkpoint import read_checkpoint
 from xviz.errors import XvizError
 from xviz.images import Preprocessing
+from xviz.specs import ModelSpec
 
 
 @dataclass
@@ -33,27 +33,6 @@ class LoadedModel:
     def to(self, device) -> "LoadedModel":
         self.module.to(device)
         return self
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model.
-
-    * ``build(num_classes, **options) -> nn.Module``: the architecture, randomly initialised;
-      ``options`` are architecture choices (e.g. ``head="concat"``) and are stored in checkpoints
-      as ``arch_options``. A builder raises :class:`XvizError` for an option it does not know.
-    * ``pretrained(weights) -> LoadedModel``: the model with named pretrained weights (``"DEFAULT"``
-      or an enum name like ``"IMAGENET1K_V1"``); ``None`` when there are none.
-    * ``preprocessing``, ``class_names``: used with ``--weights none`` or a bare state dict.
-    """
-
-    name: str
-    build: Callable[..., nn.Module]
-    preprocessing: Preprocessing
-    class_names: Sequence[str]
-    summary: str = ""
-    pretrained: Callable[[str], LoadedModel] | None = None
-    family: str = ""
 
 
 def model_registry(pm=None) -> dict[str, ModelSpec]:

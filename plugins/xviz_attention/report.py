@@ -138,3 +138,22 @@ def bar_chart(rows: list[Row], area: dict, path, title: str = "") -> Path:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def cmd_report(args) -> int:
+    """``xviz attention-report``: the table, then part_attention.csv and .png in ``--out``."""
+    from xviz.datasets import load_dataset
+    from xviz.models import load_model
+
+    model = load_model(checkpoint=args.checkpoint, pm=args.pm)
+    data, _ = load_dataset(args.dataset, args.split, transform=model.preprocessing.tensor, pm=args.pm)
+    rows = part_attention(model, data, pm=args.pm, limit=args.limit)
+    area = area_shares(data, args.limit)
+    print(table(rows, area))
+    for row in rows:
+        if row.degenerate > 0.5:
+            print(f"{row.source}: degenerate (blank or uniform) on {row.degenerate:.0%} of the images")
+    out = Path(args.out)
+    print(f"wrote {write_csv(rows, out / 'part_attention.csv')} and "
+          f"{bar_chart(rows, area, out / 'part_attention.png', f'where each layer looks ({args.dataset} {args.split})')}")
+    return 0
