@@ -174,8 +174,6 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     """
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.module if loaded else model
-    model_name = loaded.name if loaded else type(module).__name__
-    class_names = list(loaded.class_names) if loaded else []
     pm = pm or registry.default_plugin_manager()
     chosen = resolve_methods(methods, pm)
     if inputs.dim() != 4 or inputs.shape[0] == 0:
@@ -186,64 +184,79 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     reference = next((p for p in module.parameters() if p.is_floating_point()), None)
     if reference is not None:
         inputs = inputs.to(device=reference.device, dtype=reference.dtype)
-    needs_layer = any(m.uses_layer for m in chosen)
-    layer_name, layer_names = None, []
-    if needs_layer:
-        requested = layer_list(layer)
-        if len(requested) > 1:
-            layer_names = [resolve_layer(module, name, inputs)[0] for name in requested]
-        else:
-            layer_name, _ = resolve_layer(module, requested[0] if requested else None, inputs,
-                                          loaded.name if loaded else None, pm, warn=True)
-            layer_names = [layer_name]
-        layer_name = layer_names[0]
-
+    layer_names = _layers_to_capture(module, layer, inputs, loaded.name if loaded else None, pm) \
+        if any(m.uses_layer for m in chosen) else []
     for m in chosen:
         m.check(module, pm)
     with torch.inference_mode(False), torch.enable_grad(), preserved_state(module):
         if inputs.is_inference():
             inputs = inputs.clone()
-        with contextlib.ExitStack() as stack:
-            observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
-            if needs_layer:
-                captured = stack.enter_context(capture_layers([find_layer(module, n) for n in layer_names]))
-            logits = first_output(module(inputs))
-        activations = {name: c.activation for name, c in zip(layer_names, captured)} if needs_layer else {}
-        for name, act in activations.items():
-            if act is None:
-                raise XvizError(f"layer `{name}` did not run in the forward pass: choose another --layer")
-        activation = activations.get(layer_name)
-        if logits.dim() != 2:
-            raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
-        if not class_names:
-            class_names = [str(i) for i in range(logits.shape[1])]
+        logits, activations, observed = _shared_forward(module, inputs, chosen, layer_names)
+        class_names = (list(loaded.class_names) if loaded else []) or [str(i) for i in range(logits.shape[1])]
         targets = resolve_targets(logits.detach(), target, topk, class_names)
-        ctx = Context(module, inputs, logits, targets, layer_name, activation, layers=activations)
+        layer_name = layer_names[0] if layer_names else None
+        ctx = Context(module, inputs, logits, targets, layer_name, activations.get(layer_name), layers=activations)
         ctx.observed = observed
-        size = tuple(inputs.shape[-2:])
         try:
-            raws = []
-            for m in chosen:
-                for name, act in activations.items() if m.uses_layer else ():
-                    if act.dim() != 4 or act.shape[2] * act.shape[3] == 1:
-                        raise XvizError(f"layer `{name}` outputs shape {tuple(act.shape)}, not a spatial map "
-                                        f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
-                if m.uses_layer and len(layer_names) > 1:
-                    results = [m.compute(ctx.at(name)) for name in layer_names]
-                    if any(isinstance(r, dict) for r in results):  # a method explaining layers of its own
-                        raws.extend((m, name, raw.detach()) for name, raw in results[0].items())
-                        continue
-                    fused = fuse_layer_maps([r.detach() for r in results], size, m.signed)
-                    raws.append((m, ",".join(layer_names), fused))
-                    continue
-                result = m.compute(ctx)
-                per_layer = result.items() if isinstance(result, dict) else [(layer_name if m.uses_layer else None, result)]
-                raws.extend((m, name, raw.detach()) for name, raw in per_layer)
+            raws = _raw_maps(chosen, ctx, activations, layer_names, tuple(inputs.shape[-2:]))
         finally:
             ctx.release()
-
     probs = torch.softmax(logits.detach().float(), dim=1)
-    del logits, activation, activations
+    del logits, activations
+    model_name = loaded.name if loaded else type(module).__name__
+    return _explanations(raws, probs, targets, class_names, model_name, inputs_names, tuple(inputs.shape[-2:]))
+
+
+def _layers_to_capture(module: nn.Module, layer, inputs: torch.Tensor, model_name: str | None, pm) -> list[str]:
+    """The layer names to capture: those requested (checked), else the default one (see :func:`resolve_layer`)."""
+    requested = layer_list(layer)
+    if len(requested) > 1:
+        return [resolve_layer(module, name, inputs)[0] for name in requested]
+    name, _ = resolve_layer(module, requested[0] if requested else None, inputs, model_name, pm, warn=True)
+    return [name]
+
+
+def _shared_forward(module: nn.Module, inputs: torch.Tensor, chosen: list[Method], layer_names: list[str]):
+    """The one forward pass all methods share: ``(logits, {layer: activation}, {method: observed})``."""
+    with contextlib.ExitStack() as stack:
+        observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
+        captured = stack.enter_context(capture_layers([find_layer(module, n) for n in layer_names])) \
+            if layer_names else []
+        logits = first_output(module(inputs))
+    activations = {name: c.activation for name, c in zip(layer_names, captured)}
+    for name, act in activations.items():
+        if act is None:
+            raise XvizError(f"layer `{name}` did not run in the forward pass: choose another --layer")
+    if logits.dim() != 2:
+        raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
+    return logits, activations, observed
+
+
+def _raw_maps(chosen: list[Method], ctx: Context, activations: dict, layer_names: list[str], size) -> list:
+    """``[(method, layer name, raw maps)]``: each method's maps, per layer for methods that explain
+    several, fused over ``layer_names`` when several were captured."""
+    raws = []
+    for m in chosen:
+        for name, act in activations.items() if m.uses_layer else ():
+            if act.dim() != 4 or act.shape[2] * act.shape[3] == 1:
+                raise XvizError(f"layer `{name}` outputs shape {tuple(act.shape)}, not a spatial map "
+                                f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
+        if m.uses_layer and len(layer_names) > 1:
+            results = [m.compute(ctx.at(name)) for name in layer_names]
+            if any(isinstance(r, dict) for r in results):  # a method explaining layers of its own
+                raws.extend((m, name, raw.detach()) for name, raw in results[0].items())
+                continue
+            raws.append((m, ",".join(layer_names), fuse_layer_maps([r.detach() for r in results], size, m.signed)))
+            continue
+        result = m.compute(ctx)
+        per_layer = result.items() if isinstance(result, dict) else [(ctx.layer if m.uses_layer else None, result)]
+        raws.extend((m, name, raw.detach()) for name, raw in per_layer)
+    return raws
+
+
+def _explanations(raws, probs: torch.Tensor, targets: torch.Tensor, class_names, model_name: str, inputs_names,
+                  size) -> list[Explanation]:
+    """One Explanation per raw map set: normalised maps, targets, scores and predictions."""
     top_p, top_i = probs.max(dim=1)
     t = targets.cpu().numpy()
     common = dict(

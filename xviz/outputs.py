@@ -21,7 +21,7 @@ from xviz.render import (DEFAULT_CMAP, DEFAULT_SIGNED_CMAP, atomic_write, colori
                          overlay, panel, save_png)
 
 MAX_NAME_PART = 60  # characters of a class name kept in a file name
-_TEMPORARY = re.compile(r"^\..+\.(png|npy)\.[a-z0-9_]{8}\.(png|npy)$")  # atomic_write's mkstemp names
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.(png|npy))\.[a-z0-9_]{8}\.(png|npy)$")  # atomic_write's mkstemp names
 
 
 def safe_name(text: str) -> str:
@@ -85,6 +85,8 @@ def write_failure(exc: OSError, folder: Path, written: int) -> XvizError:
     """The one-line error for a write that failed, saying how many overlays were written before and
     what to do about this cause."""
     name = Path(exc.filename).name if getattr(exc, "filename", None) else ""
+    temporary = _TEMPORARY.match(name)
+    name = temporary["name"] if temporary else name  # the file being written, not its temporary
     if exc.errno == errno.ENAMETOOLONG:
         hint = (f"the file name `{name}` is too long for the file system: shorten the image's file name or "
                 "explain fewer targets (--topk)")

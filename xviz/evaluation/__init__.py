@@ -38,6 +38,7 @@ _HOME = {
                      "mask_by_map", "perturbation_curves", "pixel_ranks", "pointing_game", "randomized_copy",
                      "scoring_model", "spearman", "ssim"], "xviz.evaluation.metrics"),
     **dict.fromkeys(["MethodScores", "Results"], "xviz.evaluation.results"),
+    **dict.fromkeys(["Mistake", "find_mistakes"], "xviz.evaluation.mistakes"),
     **dict.fromkeys(["BASELINES", "COLUMNS", "METRICS", "RANDOM"], "xviz.evaluation.names"),
 }
 __getattr__ = attributes_of(_HOME)  # imported on first use: the command's flags need only the names

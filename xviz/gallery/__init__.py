@@ -26,9 +26,9 @@ from pathlib import Path
 
 from xviz.errors import XvizError
 from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, FIGURES, Figure, Setting, Step
-from xviz.gallery.pages import FigureResult, MethodResult, figure_page, method_page, write_index
+from xviz.gallery.pages import FigureResult, MethodResult, figure_page, method_page, run_xviz, write_index
 
-__all__ = ["FIGURES", "Figure", "Setting", "Step", "generate"]
+__all__ = ["FIGURES", "Figure", "Setting", "Step", "generate", "run_xviz"]
 
 
 def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=None, figures=True,
