@@ -374,3 +374,21 @@ def test_long_names(run_cli, tmp_path, demo):
     assert last.startswith(f"xviz: error: could not write into `{tmp_path / 'p'}`: the file name `{'x' * 240}_gradcam_")
     assert last.endswith("is too long for the file system: shorten the image's file name or explain fewer targets "
                          "(--topk); 0 overlay(s) were written before")
+
+
+def test_shell_completion_of_commands_and_method_names(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def complete(line):
+        out = tmp_path / "completions"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("XVIZ_")}, "_ARGCOMPLETE": "1",
+               "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+        done = subprocess.run([sys.executable, "-m", "xviz"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return sorted(out.read_text().replace("\x0b", " ").split())
+
+    assert complete("xviz expl") == ["explain"]
+    assert complete("xviz explain --method gradc") == ["gradcam", "gradcampp"]
+    assert complete("xviz layers --model resnet1") == ["resnet101", "resnet152", "resnet18"]

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from xviz import hookimpl
-from xviz.console import add_model_flags, split_names, table, writable_folder
+from xviz.console import add_model_flags, complete_methods, split_names, table, writable_folder
 from xviz.errors import XvizError
 
 EXAMPLES = """examples:
@@ -116,7 +116,7 @@ def xviz_register_commands(subparsers):
     p = subparsers.add_parser("explain", help="explain images and write overlays", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMG|DIR", help="image files or folders")
-    p.add_argument("--method", action="append", help="method(s), comma-separated or repeated (default: gradcam)")
+    p.add_argument("--method", action="append", help="method(s), comma-separated or repeated (default: gradcam)").completer = complete_methods
     add_model_flags(p)
     p.add_argument("--layer", help="target layer name (default: the model's, or the last spatial layer); several "
                    "as `a,b`: captured in one pass, each method's per-layer maps fused (mean of normalised maps)")

@@ -16,6 +16,7 @@ from xviz.evaluation.metrics import spearman
 from xviz.evaluation.names import COLUMNS, RANDOM
 
 
+@dataclass
 class MethodScores:
     """One method's averages over the images (``values``: column -> mean) and mean curves."""
 
