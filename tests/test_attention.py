@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from xviz import registry
 from xviz.errors import XvizError
-from xviz.models import load_checkpoint, model_registry, transfer_state
+from xviz.models import load_checkpoint, transfer_state
 from xviz_attention.models import AttentionBlock, AttnVGG
 
 L = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]], [[0.5, 0.0], [1.0, 2.0]]]])  # (1, 2, 2, 2)
@@ -76,7 +77,7 @@ def test_variants_and_initialisation():
 
 
 def test_transfer_from_32_to_64_pixels_loads_exactly_the_requested_layers():
-    specs = model_registry()
+    specs = registry.models()
     source = specs["attn_vgg"].build(100, input_size=32, width=0.125).state_dict()
     target = specs["attn_vgg"].build(6, input_size=64, width=0.125)
     convs_only = transfer_state(target, source, exclude=("dense.", "projector.", "attn1.", "attn2.", "attn3.", "classify."))
@@ -195,7 +196,7 @@ def test_attention_report_command(tmp_path, capsys):
     from xviz_zoo.demo import PREPROCESSING
 
     torch.manual_seed(0)
-    net = model_registry()["attn_vgg"].build(6, input_size=64, width=0.125)
+    net = registry.models()["attn_vgg"].build(6, input_size=64, width=0.125)
     save_checkpoint(tmp_path / "a.pt", arch="attn_vgg", arch_options={"input_size": 64, "width": 0.125},
                     state_dict=net.state_dict(), class_names=CLASSES, preprocessing=PREPROCESSING)
     assert main(["attention-report", "--checkpoint", str(tmp_path / "a.pt"), "--limit", "8",

@@ -85,9 +85,9 @@ def _changed(before, after):
 def test_freeze_then_unfreeze_changes_the_right_parameters(tmp_path, train_bn):
     cfg = tiny(tmp_path / "run", epochs=2, unfreeze={"head": 1, "all": 2}, train_bn=train_bn, augment=[])
     torch.manual_seed(cfg.seed)
-    from xviz.models import model_registry
+    from xviz import registry
 
-    start = model_registry()["xviz-demo"].build(6).state_dict()
+    start = registry.models()["xviz-demo"].build(6).state_dict()
     train(cfg, log=lambda *a: None)
     after1 = weights(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")
     after2 = weights(tmp_path / "run" / "checkpoints" / "epoch-0002.pt")
@@ -315,9 +315,10 @@ def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 # --- models and transfer --------------------------------------------------------------------------
 
 def test_transfer_loads_only_matching_layers(tmp_path):
-    from xviz.models import model_registry, transfer_state
+    from xviz.models import transfer_state
+    from xviz import registry
 
-    specs = model_registry()
+    specs = registry.models()
     source = specs["cifar_resnet18"].build(10).state_dict()
     target = specs["cifar_resnet18"].build(200)
     report = transfer_state(target, source)
@@ -339,9 +340,9 @@ def test_training_from_a_checkpoint_with_another_head(tmp_path, capsys):
 
 
 def test_concat_head_structure():
-    from xviz.models import model_registry
+    from xviz import registry
 
-    model = model_registry()["resnet18"].build(7, head="concat")
+    model = registry.models()["resnet18"].build(7, head="concat")
     kinds = [type(m).__name__ for m in model.fc]
     assert type(model.avgpool).__name__ == "AdaptiveConcatPool2d"
     assert kinds == ["Flatten", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
@@ -349,13 +350,13 @@ def test_concat_head_structure():
     x = torch.randn(2, 512, 3, 3)
     assert torch.equal(model.avgpool(x)[:, :512, 0, 0], x.amax((2, 3)))
     with pytest.raises(XvizError, match="unknown head `mlp`"):
-        model_registry()["resnet18"].build(7, head="mlp")
+        registry.models()["resnet18"].build(7, head="mlp")
 
 
 def test_cifar_resnet18_architecture():
-    from xviz.models import model_registry
+    from xviz import registry
 
-    model = model_registry()["cifar_resnet18"].build(10)
+    model = registry.models()["cifar_resnet18"].build(10)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962  # kuangliu's ResNet18
     from xviz.capture import spatial_layers

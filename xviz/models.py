@@ -35,10 +35,6 @@ class LoadedModel:
         return self
 
 
-def model_registry(pm=None) -> dict[str, ModelSpec]:
-    return registry.models(pm or registry.default_plugin_manager())
-
-
 def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint: str | Path | None = None,
                pm=None) -> LoadedModel:
     """Resolve a model by name and weights, or from an xviz checkpoint.
@@ -47,7 +43,7 @@ def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint:
     ``"none"`` for random initialisation, or a path to a checkpoint / state dict of this
     architecture.
     """
-    loaded = _load(name, "none" if weights is None else str(weights), checkpoint, model_registry(pm))
+    loaded = _load(name, "none" if weights is None else str(weights), checkpoint, registry.models(pm))
     loaded.module.eval()
     return loaded
 
@@ -81,7 +77,7 @@ def pretrained(spec: ModelSpec, weights: str) -> LoadedModel:
 
 def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None) -> LoadedModel:
     """Rebuild the model an xviz checkpoint describes and load its weights."""
-    specs = specs if specs is not None else model_registry()
+    specs = specs if specs is not None else registry.models()
     data = read_checkpoint(path)
     arch = data.get("arch")
     if arch is None:
