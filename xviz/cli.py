@@ -10,6 +10,7 @@ themselves live in :mod:`xviz.commands` (built-in) and in plugins, all added thr
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -28,6 +29,8 @@ def _warn_in_one_line(message, category, filename, lineno, file=None, line=None)
 
 def _complete(parser) -> None:
     """Answer a shell's completion request (argcomplete sets ``_ARGCOMPLETE``), then exit."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
     try:
         import argcomplete
     except ImportError:

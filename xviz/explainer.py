@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from xviz import registry
+from xviz.console import did_you_mean
 from xviz.errors import XvizError
 from xviz.explanation import Explanation, library_versions
 from xviz.capture import capture_layers, find_layer, first_output, preserved_state, spatial_layers
@@ -102,9 +102,7 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
             raise XvizError(f"class name `{target}` is ambiguous: classes {', '.join(map(str, hits))}; give the index")
         if hits:
             return hits[0]
-        close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(f'`{c}`' for c in close)}? " if close else ""
-        raise XvizError(f"unknown class `{target}`: {hint}give a class index 0-{num_classes - 1} or a name "
+        raise XvizError(f"unknown class `{target}`: {did_you_mean(target, names)}give a class index 0-{num_classes - 1} or a name "
                         "from `xviz models --classes NAME`")
     index = int(target)
     if not 0 <= index < num_classes:

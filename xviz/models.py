@@ -84,6 +84,8 @@ def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None)
         raise XvizError(
             f"`{path}` is a bare state dict with no architecture: use --model NAME --weights {path}"
         )
+    if arch in getattr(specs, "clashes", {}):
+        raise XvizError(specs.clash_message(arch))
     if arch not in specs:
         raise XvizError(f"checkpoint `{path}` is for model `{arch}`, which no installed plugin provides "
                         "(`xviz models` lists them)")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from xviz.console import table as console_table
 from xviz.errors import XvizError
 from xviz.explainer import explain_tensors
 from xviz.render import atomic_write, save_png
@@ -103,9 +104,7 @@ def table(rows: list[Row], area: dict) -> str:
     lines = [[r.source, *[f"{r.mass[k]:.3f}" for k in REGIONS], f"{r.pointing:.3f}", f"{r.degenerate:.0%}"]
              for r in rows]
     lines.append(["(uniform map)", *[f"{area[k]:.3f}" for k in REGIONS], "", ""])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    return console_table(lines, header)
 
 
 def write_csv(rows: list[Row], path) -> Path:
