@@ -1,5 +1,5 @@
-"""What every command shares on the console: tables, writable folders, "did you mean", the
-model-source flags and comma-separated lists. Light: no torch."""
+"""What every command shares on the console: tables, writable folders, "did you mean" and
+comma-separated lists. Light: no torch, and no import of the registry (which uses it)."""
 
 from __future__ import annotations
 
@@ -46,28 +46,3 @@ def split_names(values, default: Iterable[str] = ()) -> list[str]:
     """Names from repeated and/or comma-separated flags (``--method a,b --method c``), blanks dropped."""
     values = values if isinstance(values, (list, tuple)) else [values] if values else list(default)
     return [name.strip() for v in values if v for name in v.split(",") if name.strip()]
-
-
-def complete_methods(prefix: str, **kwargs) -> list[str]:
-    """Shell completion of ``--method``: the registered method names (from their declarations)."""
-    from xviz import registry
-
-    return [name for name in sorted(registry.method_declarations()) if name.startswith(prefix)]
-
-
-def complete_models(prefix: str, **kwargs) -> list[str]:
-    """Shell completion of ``--model``: the registered model names."""
-    from xviz import registry
-
-    return [name for name in sorted(registry.models()) if name.startswith(prefix)]
-
-
-def add_model_flags(parser, default_model: str | None = "resnet50", weights_default: str | None = "DEFAULT",
-                    checkpoint_help: str = "an xviz checkpoint or run folder (overrides --model)") -> None:
-    """``--model``, ``--checkpoint`` and ``--weights``: where the model comes from (see :func:`xviz.models.load_model`)."""
-    shown = f"default: {default_model}; " if default_model else ""
-    parser.add_argument("--model", default=default_model,
-                        help=f"registered model name ({shown}see `xviz models`)").completer = complete_models
-    parser.add_argument("--checkpoint", help=checkpoint_help)
-    parser.add_argument("--weights", default=weights_default,
-                        help="DEFAULT (pretrained), none (random) or a weights PATH")

@@ -39,6 +39,31 @@ class _Commands:
         return getattr(self._subparsers, attribute)
 
 
+def complete_methods(prefix: str, **kwargs) -> list[str]:
+    """Shell completion of ``--method``: the registered method names (from their declarations)."""
+    from xviz import registry
+
+    return [name for name in sorted(registry.method_declarations()) if name.startswith(prefix)]
+
+
+def complete_models(prefix: str, **kwargs) -> list[str]:
+    """Shell completion of ``--model``: the registered model names."""
+    from xviz import registry
+
+    return [name for name in sorted(registry.models()) if name.startswith(prefix)]
+
+
+def add_model_flags(parser, default_model: str | None = "resnet50", weights_default: str | None = "DEFAULT",
+                    checkpoint_help: str = "an xviz checkpoint or run folder (overrides --model)") -> None:
+    """``--model``, ``--checkpoint`` and ``--weights``: where the model comes from (see :func:`xviz.models.load_model`)."""
+    shown = f"default: {default_model}; " if default_model else ""
+    parser.add_argument("--model", default=default_model,
+                        help=f"registered model name ({shown}see `xviz models`)").completer = complete_models
+    parser.add_argument("--checkpoint", help=checkpoint_help)
+    parser.add_argument("--weights", default=weights_default,
+                        help="DEFAULT (pretrained), none (random) or a weights PATH")
+
+
 def _clash(name: str, plugins: list[str]):
     def refuse(args):
         raise XvizError(f"command `{name}` is registered by both plugin `{plugins[0]}` and plugin `{plugins[1]}`: "

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from xviz import hookimpl
-from xviz.console import add_model_flags, split_names, writable_folder
+from xviz.commands import add_model_flags
+from xviz.console import split_names, writable_folder
 from xviz.errors import XvizError
 from xviz.evaluation.names import BASELINES, COLUMNS, METRICS, check_metric_names
 

@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 
 from xviz import hookimpl
-from xviz.console import add_model_flags, complete_methods, split_names, table, writable_folder
+from xviz.commands import add_model_flags, complete_methods
+from xviz.console import split_names, table, writable_folder
 from xviz.errors import XvizError
 
 EXAMPLES = """examples:

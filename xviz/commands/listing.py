@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 
 from xviz import hookimpl
-from xviz.console import add_model_flags, table
+from xviz.commands import add_model_flags
+from xviz.console import table
 
 
 def _warn_clashes(found) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xviz import hookimpl
-from xviz.console import add_model_flags
+from xviz.commands import add_model_flags
 from xviz.errors import XvizError
 
 
