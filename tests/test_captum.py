@@ -137,6 +137,31 @@ def test_noise_is_seeded_per_image_and_leaves_the_global_rng_alone(pm, tiny, ima
     np.testing.assert_allclose(alone[0], a[2], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", [SmoothGrad(samples=5, internal_batch_size=2),
+                                    SmoothIntegratedGradients(samples=3, n_steps=4, internal_batch_size=4)],
+                         ids=lambda m: m.name)
+def test_each_image_and_target_gets_the_noise_of_captums_noise_tunnel_called_alone(pm, tiny, images, method):
+    from captum.attr import IntegratedGradients as CaptumIG
+    from captum.attr import NoiseTunnel
+    from captum.attr import Saliency as CaptumSaliency
+
+    exp = run(tiny, images[:2], method, topk=3, pm=pm)
+    for n in range(2):
+        sigma = method.stdev * float(images[n].max() - images[n].min())
+        for k in range(3):
+            torch.manual_seed(method.seed)  # captum as a user calls it for this one image and target
+            common = dict(nt_type="smoothgrad", nt_samples=method.samples, stdevs=sigma, target=int(exp.targets[n, k]),
+                          nt_samples_batch_size=method.internal_batch_size)
+            if isinstance(method, SmoothGrad):
+                expected = NoiseTunnel(CaptumSaliency(tiny)).attribute(images[n:n + 1], abs=True, **common).amax(1)
+            else:
+                expected = NoiseTunnel(CaptumIG(tiny)).attribute(
+                    images[n:n + 1], n_steps=method.n_steps, baselines=0.0, method="gausslegendre",
+                    internal_batch_size=method.internal_batch_size, **common).sum(1)
+            np.testing.assert_allclose(exp.raw[n, k], expected[0].detach().numpy(), rtol=1e-5,
+                                       atol=1e-6 * float(expected.abs().max()))
+
+
 # ---- guided backprop ------------------------------------------------------------------------------------------
 
 def test_guided_backprop_equals_a_hand_written_backward_on_a_relu_mlp(pm):
@@ -246,7 +271,8 @@ def test_integrated_gradients_completeness_on_the_demo_model(pm, demo):
 # ---- targets, batches, state ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", [IntegratedGradients(n_steps=5), Saliency(), GuidedBackprop(), GuidedGradCAM(),
-                                    Occlusion(window=4, stride=4)], ids=lambda m: m.name)
+                                    Occlusion(window=4, stride=4), SmoothGrad(samples=4, internal_batch_size=3),
+                                    SmoothIntegratedGradients(samples=2, n_steps=3)], ids=lambda m: m.name)
 def test_topk_maps_equal_single_target_runs(pm, tiny, images, method):
     exp = run(tiny, images[:2], method, layer="body.3", topk=3, pm=pm)
     assert exp.raw.shape == (2, 3, 16, 16) and len(set(exp.targets[0])) == 3
@@ -275,7 +301,9 @@ def test_internal_batch_size_bounds_the_batch_the_model_sees(pm, tiny, method):
     x = batch(3, 16)  # 3 images x 2 targets = 6 rows
     run(model, x, method, topk=2, pm=pm)
     assert model.sizes[0] == 3  # the shared forward pass
-    assert max(model.sizes[1:]) == 4, model.sizes
+    # filled up to the bound (integrated-gradients-smooth: captum splits 3 noisy copies x 4 steps into chunks
+    # of 4 // 3 = 1 step of the 3 copies)
+    assert max(model.sizes[1:]) == (3 if isinstance(method, SmoothIntegratedGradients) else 4), model.sizes
 
 
 def test_captum_alone_does_not_bound_the_batch_by_internal_batch_size(tiny):
