@@ -11,8 +11,9 @@ exponential moving average (``avg = smooth * avg + (1 - smooth) * loss``,
 ``smoothed = avg / (1 - smooth ** (i + 1))``) and the test stops early once the smoothed loss is
 more than ``diverge`` times the best smoothed loss so far, or is NaN/infinite. That divergence rule
 (fastai's and torch-lr-finder's) assumes a positive loss: a negative smoothed loss ``s`` is always
-above ``diverge * s``, so a loss below zero stops the test at once, as in both references; pass
-``diverge=None`` for such a loss.
+above ``diverge * s``, so the test stops at the first step whose smoothed loss is below zero, as in
+both references (a loss negative from the first step is an error saying so); pass ``diverge=None``
+for such a loss.
 
 Afterwards the model's weights and buffers, the optimizer's state and hyper-parameters, every
 module's train/eval mode and torch's random state are exactly what they were before (also when the
@@ -82,7 +83,7 @@ def lr_find(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, loss_
     rates): group ``g`` gets ``lr * initial_lr[g] / initial_lr[0]`` (every group gets ``lr`` when the
     first group's is 0). The model trains in train mode; a step whose loss is not finite is not
     applied. ``diverge=None`` stops only on a non-finite loss (use it for a loss that can be
-    negative: the divergence rule stops a negative loss at once). ``progress=False`` hides the tqdm bar.
+    negative: the divergence rule stops at the first negative smoothed loss). ``progress=False`` hides the tqdm bar.
     """
     _check_arguments(start_lr, end_lr, num_iter, smooth, diverge)
     groups = optimizer.param_groups
