@@ -284,6 +284,10 @@ def test_a_constant_negative_loss_stops_at_the_first_step_and_says_why():
     result = lr_find(model, ONE_BATCH, optimizer, loss_fn=scripted_loss([-1.0] * 20), num_iter=20, diverge=None,
                      progress=False)  # what the message advises
     assert not result.stopped_early and len(result.lrs) == 20
+    falling = [1.0, 0.6, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7]  # still falling, but below zero from step 4 on
+    result = lr_find(model, ONE_BATCH, optimizer, loss_fn=scripted_loss(falling), num_iter=8, smooth=0.0,
+                     progress=False)
+    assert result.stopped_early and result.losses[-1] == -0.1  # stopped at the first negative loss, as documented
 
 
 def test_too_few_points_say_which_step_failed():
