@@ -299,8 +299,8 @@ class SmoothGrad(_NoiseTunnel):
 
     ``M_ij = max_c mean_{s=1..n} | dS_t/dx_cij (x + eps_s) |``, ``eps_s ~ N(0, sigma^2)``,
     ``sigma = stdev * (max x - min x)`` per image, ``n = samples`` (unsigned). Noise is seeded
-    (``seed``) per (image, target): the same map alone, in a batch or among ``topk`` targets. At most ``internal_batch_size`` noisy images go
-    through the model at once.
+    (``seed``) per (image, target): the same map alone, in a batch or among ``topk`` targets. At
+    most ``internal_batch_size`` noisy images go through the model at once.
     """
 
     name = "smoothgrad"
