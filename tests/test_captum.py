@@ -140,14 +140,16 @@ def test_noise_is_seeded_per_image_and_leaves_the_global_rng_alone(pm, tiny, ima
 
 
 def stated_reductions() -> dict[str, str]:
-    """``{method: "sum" | "mean" | "maximum"}``: how docs/attributions.md says each method reduces the colour channels."""
+    """``{method: "sum" | "mean" | "maximum"}``: how docs/attributions.md says each method reduces the
+    colour channels."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "attributions.md").read_text()
     rows = re.findall(r"^\| (sum|mean|maximum) over channels \| ([^|]+) \|", text, re.M)
     return {name: how for how, names in rows for name in re.findall(r"`([^`]+)`", names)}
 
 
 SMALL = {"integrated-gradients": IntegratedGradients(n_steps=5), "saliency": Saliency(),
-         "guided-backprop": GuidedBackprop(), "guided-gradcam": GuidedGradCAM(), "occlusion": Occlusion(window=4, stride=2),
+         "guided-backprop": GuidedBackprop(), "guided-gradcam": GuidedGradCAM(),
+         "occlusion": Occlusion(window=4, stride=2),
          "smoothgrad": SmoothGrad(samples=5, internal_batch_size=2),
          "integrated-gradients-smooth": SmoothIntegratedGradients(samples=3, n_steps=4, internal_batch_size=4)}
 

@@ -11,8 +11,9 @@ chunks, so the largest batch the model sees is ``internal_batch_size`` (integrat
 noise tunnels) or ``batch_size`` (occlusion) rows, whatever the number of images and targets.
 Noise methods seed torch's generator with ``seed`` before each (image, target) row, inside
 ``torch.random.fork_rng``: a map is reproducible, does not depend on the other images of the batch
-nor on the number of targets (``topk``), and the global RNG is left as found. captum's hooks (on ``nn.ReLU`` modules for
-guided backprop, on the target layer for guided GradCAM) are removed by captum before returning.
+nor on the number of targets (``topk``), and the global RNG is left as found. captum's hooks (on
+``nn.ReLU`` modules for guided backprop, on the target layer for guided GradCAM) are removed by
+captum before returning.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ def lr_find(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, loss_
     rates): group ``g`` gets ``lr * initial_lr[g] / initial_lr[0]`` (every group gets ``lr`` when the
     first group's is 0). The model trains in train mode; a step whose loss is not finite is not
     applied. ``diverge=None`` stops only on a non-finite loss (use it for a loss that can be
-    negative: the divergence rule stops at the first negative smoothed loss). ``progress=False`` hides the tqdm bar.
+    negative: the divergence rule stops at the first negative smoothed loss). ``progress=False``
+    hides the tqdm bar.
     """
     _check_arguments(start_lr, end_lr, num_iter, smooth, diverge)
     groups = optimizer.param_groups
