@@ -34,7 +34,7 @@ from xviz.train.schedules import FreezeSchedule, head_name, make_optimizer, make
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device, autocast=contextlib.nullcontext,
+def run_test_epoch(model: nn.Module, loader: DataLoader, device, autocast=contextlib.nullcontext,
              channels_last: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) of ``model`` over ``loader``."""
     model.eval()
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
                 reg_sum += penalty.item() * n
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
         bar.close()
-        test_loss, test_acc = evaluate(module, test_loader, device, autocast, channels_last)
+        test_loss, test_acc = run_test_epoch(module, test_loader, device, autocast, channels_last)
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "test_loss": test_loss,
                "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - began, 3)}
         if regularizer is not None:
