@@ -40,6 +40,7 @@ def test_bundled_recipes_are_valid():
     for name in RECIPE_NAMES:
         cfg = make_config(name)
         assert cfg.epochs >= 1 and cfg.model
+        assert cfg.sync_bn == (cfg.batch_size <= 48 and cfg.dataset != "synthetic"), name  # small batches per process
 
 
 @pytest.mark.parametrize("name", RECIPE_NAMES)
@@ -442,6 +443,26 @@ def test_a_last_batch_of_one_per_process_is_left_out_once_said(ddp_runs):
     said = "the last batch of every epoch would hold 1 image per process, on which BatchNorm cannot train: it is left " \
            "out (8 of 9 images per process per epoch)"
     assert proc.stdout.count(said) == 1
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_sync_bn_conversion_keeps_each_layer_with_its_hooks(device_type):
+    from xviz.models import model_registry
+    from xviz.train.distributed import AllReduceBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = model_registry()["afs_resnet18"].build(6).eval()  # AFS gates hang on BatchNorm layers by hooks
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    hooks = {n: len(m._forward_hooks) for n, m in layers.items()}
+    convert_sync_batchnorm(model, device_type)
+    synced = torch.nn.SyncBatchNorm if device_type == "cuda" else AllReduceBatchNorm
+    assert {n: m for n, m in model.named_modules() if isinstance(m, synced)} == layers  # the same objects
+    assert all(isinstance(m, torch.nn.BatchNorm2d) for m in layers.values()) and sum(hooks.values()) > 0
+    assert {n: len(m._forward_hooks) for n, m in layers.items()} == hooks
+    assert torch.equal(model(x), before)  # evaluation (and one process) is plain BatchNorm
+    assert set(model.state_dict()) == set(model_registry()["afs_resnet18"].build(6).state_dict())
 
 
 def test_an_empty_dataset_on_two_processes_is_one_line(ddp_runs):
