@@ -31,7 +31,11 @@ class Dots(torch.utils.data.Dataset):
 
     classes = list(CLASSES)
 
-    def __init__(self, split, transform, size=None):
+    def __init__(self, split, transform, size=None, missing_on_rank=None):
+        import torch.distributed as dist
+
+        if missing_on_rank is not None and dist.get_rank() == missing_on_rank:
+            raise xviz.XvizError(f"the dots images are missing on this machine (rank {missing_on_rank})")
         self.n, self.transform = SIZES[split] if size is None else size, transform
         self.seed = 0 if split == "train" else 1
 
@@ -121,6 +125,11 @@ def main(out: Path) -> int:
         record = {"tested": model.tested, "best_acc": result.best_acc, "history": result.history, "main": result.main,
                   "buffers": {k: v.tolist() for k, v in model.state_dict().items() if "running" in k}}
         (out / f"{name}-rank{rank}.json").write_text(json.dumps(record))
+    try:  # a mistake met by one rank alone: said by that rank, every rank stops
+        train(config(out / "one-rank", dataset_options={"missing_on_rank": 1}), pm=plugin_manager(), log=print)
+    except (xviz.XvizError, SystemExit) as exc:
+        said = str(exc) if isinstance(exc, xviz.XvizError) else f"exit {exc.code}"
+        (out / f"one-rank-rank{rank}.json").write_text(json.dumps(said))
     return xviz_main(["train", "--model", "xviz-demo", "--dataset-options", "size=0", "--device", "cpu",
                       "--out", str(out / "empty")])
 

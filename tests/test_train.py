@@ -465,6 +465,12 @@ def test_sync_bn_conversion_keeps_each_layer_with_its_hooks(device_type):
     assert set(model.state_dict()) == set(model_registry()["afs_resnet18"].build(6).state_dict())
 
 
+def test_a_mistake_met_by_one_process_stops_all_and_is_said_by_it(ddp_runs):
+    out, proc, _ = ddp_runs
+    said = [json.loads((out / f"one-rank-rank{r}.json").read_text()) for r in (0, 1)]
+    assert said == ["exit 2", "the dots images are missing on this machine (rank 1)"], proc.stderr[-3000:]
+
+
 def test_an_empty_dataset_on_two_processes_is_one_line(ddp_runs):
     _, proc, _ = ddp_runs
     errors = [line for line in proc.stderr.splitlines() if "xviz: error:" in line]

@@ -78,25 +78,35 @@ def any_rank(world: World, flag: bool, device) -> bool:
     return all_sum(world, [float(flag)], device)[0] > 0
 
 
-def fail_together(world: World, error: Exception):
-    """Raise ``error`` that every rank met at the same point: rank 0 raises it (the command prints its
-    one line), the other ranks wait for rank 0 and leave with exit status 2 without printing."""
-    if world.distributed:
-        barrier(world)
-        teardown(world)
-        if not world.main:
-            raise SystemExit(2)
+def stop_together(world: World, error: Exception):
+    """Stop every rank on ``error``, which all of them met at the same step: rank 0 raises it (the
+    command prints its one line), the others leave with exit status 2 without printing."""
+    teardown(world)
+    if world.distributed and not world.main:
+        raise SystemExit(2)
     raise error
 
 
 @contextlib.contextmanager
-def every_rank_alike(world: World):
-    """A block that runs the same on every rank (settings, data, model): an XvizError in it is met
-    by all ranks together and said once (:func:`fail_together`)."""
+def every_rank_alike(world: World, device):
+    """A block every rank runs alike (settings, data, model). Afterwards the ranks agree (one
+    all-reduce): if any met an XvizError, all stop, and the error is said once, by rank 0, or by the
+    ranks that met it when rank 0 did not (e.g. data missing on one machine)."""
+    error = None
     try:
         yield
     except XvizError as exc:
-        fail_together(world, exc)
+        error = exc
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return
+    failed, main_failed = all_sum(world, [error is not None, error is not None and world.main], device)
+    if failed:
+        teardown(world)
+        if error is not None and (world.main or not main_failed):
+            raise error
+        raise SystemExit(2)
 
 
 def broadcast_buffers(world: World, module: nn.Module) -> None:

@@ -136,9 +136,9 @@ def lonely_last_batch(module: nn.Module, cfg: TrainConfig, world: distributed.Wo
         return ""
     each = " per process" if world.distributed else ""
     if cfg.batch_size == 1 or per_rank == 1:
+        fix = "a --batch-size of 2 or more" if cfg.batch_size == 1 else "more training images"
         raise XvizError(f"`{cfg.model}` has BatchNorm layers, which cannot train on batches of one image{each}: "
-                        f"use a --batch-size of 2 or more" + (", more training images" if per_rank == 1 else "")
-                        + (", or --sync-bn" if world.distributed else ""))
+                        f"use {fix}" + (" or --sync-bn" if world.distributed else ""))
     if per_rank % cfg.batch_size != 1:
         return ""
     return (f"the last batch of every epoch would hold 1 image{each}, on which BatchNorm cannot train: it is left "
@@ -155,7 +155,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     log = log if world.main else (lambda *a, **k: None)
-    with distributed.every_rank_alike(world):
+    finished = None
+    with distributed.every_rank_alike(world, device):
         run = RunFolder(cfg.out, cfg.keep)
         state = run.latest() if resume else None
         if resume and state is None:
@@ -172,16 +173,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
                 best = max((h["test_acc"] for h in state["history"]), default=0.0)
                 log(f"run `{cfg.out}` already finished: {start - 1}/{cfg.epochs} epochs, best test accuracy "
                     f"{100 * best:.2f}%; nothing to do")
-                distributed.teardown(world)
-                return TrainResult(Path(cfg.out), list(state["history"]), best, finished_before=True,
-                                   main=world.main)
-        _seed_everything(cfg.seed)
-
-        train_set, test_set, classes, pre = build_data(cfg, pm)
-        module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
-        source = copy.deepcopy(module) if cfg.reg != "none" else None  # the starting point, before any resume
-        sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=cfg.seed)
-        lonely = lonely_last_batch(module, cfg, world, len(sampler))
+                finished = TrainResult(Path(cfg.out), list(state["history"]), best, finished_before=True,
+                                       main=world.main)
+        if finished is None:
+            _seed_everything(cfg.seed)
+            train_set, test_set, classes, pre = build_data(cfg, pm)
+            module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
+            sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=cfg.seed)
+            lonely = lonely_last_batch(module, cfg, world, len(sampler))
+    if finished is not None:
+        distributed.teardown(world)
+        return finished
+    source = copy.deepcopy(module) if cfg.reg != "none" else None  # the starting point, before any resume
     if state is None:
         processes = f" x {world.size} processes" if world.distributed else ""
         log(f"training `{cfg.model}` on `{cfg.dataset}` ({len(train_set)} train / {len(test_set)} test images) for "
@@ -202,7 +205,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
         if channels_last:
             source.to(memory_format=torch.channels_last)
         example = torch.zeros(2, *test_set[0][0].shape, device=device)
-        with distributed.every_rank_alike(world):
+        with distributed.every_rank_alike(world, device):
             regularizer = build_regularizer(cfg, module, source, example, pm).to(device)
         log(f"regulariser `{cfg.reg}` x {cfg.reg_lambda:g}" + (f" with {cfg.reg_options}" if cfg.reg_options else ""))
     amp_dtype = None
@@ -218,7 +221,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
                               drop_last=bool(lonely), **loader_args)
     test_loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 128),
                              sampler=distributed.ShardSampler(len(test_set), world), **loader_args)
-    with distributed.every_rank_alike(world):
+    with distributed.every_rank_alike(world, device):
         freeze = FreezeSchedule(module, cfg.unfreeze, cfg.train_bn)
         optimizer = make_optimizer(module, cfg)
     extra = [p for p in regularizer.parameters() if p.requires_grad] if regularizer is not None else []
@@ -267,7 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
             loss_value = loss.item()
             if distributed.any_rank(world, not math.isfinite(loss_value), device):
                 bar.close()
-                distributed.fail_together(world, _not_finite(loss_value, epoch, step, len(train_loader),
+                distributed.stop_together(world, _not_finite(loss_value, epoch, step, len(train_loader),
                                                              optimizer, history, cfg.out))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
