@@ -43,9 +43,10 @@ class World:
 def setup(device_type: str) -> World:
     """Join the process group when launched by torchrun (or use the caller's); a single process otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1 and not dist.is_initialized():
+    joined = dist.is_available() and dist.is_initialized()
+    if size <= 1 and not joined:
         return World()
-    created = not dist.is_initialized()
+    created = not joined
     if created:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
