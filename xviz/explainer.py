@@ -110,12 +110,23 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
     return index
 
 
-def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False) -> torch.Tensor:
+def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False,
+                   value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """(N, K, h, w) -> (N, K, H, W): bilinear upsampling (``align_corners=False``) to ``size``, then per map
     ``(x - min) / (max - min)``, or ``x / max|x|`` when ``signed``. A map constant at its own resolution
-    (spread <= 1e-6 of its magnitude, e.g. all zero after the ReLU) becomes 0, not an upsampling artefact."""
+    (spread <= 1e-6 of its magnitude, e.g. all zero after the ReLU) becomes 0, not an upsampling artefact.
+    With a fixed ``value_range`` ``(lo, hi)`` (see :meth:`Method.display_range`), no per-map scaling:
+    ``(x - lo) / (hi - lo)`` clipped to [0, 1], or ``x / max(|lo|, |hi|)`` clipped to [-1, 1] when ``signed``."""
     maps = raw.detach().float()
     n, k, h, w = maps.shape
+    if value_range is not None:
+        lo, hi = map(float, value_range)
+        if (h, w) != tuple(size):
+            maps = F.interpolate(maps.reshape(n * k, 1, h, w), size=size, mode="bilinear", align_corners=False)
+        maps = maps.reshape(n, k, *size)
+        if signed:
+            return (maps / max(abs(lo), abs(hi))).clamp(-1.0, 1.0)
+        return ((maps - lo) / (hi - lo)).clamp(0.0, 1.0)
     raw_flat = maps.reshape(n, k, -1)
     spread = raw_flat.amax(-1, keepdim=True) - raw_flat.amin(-1, keepdim=True)
     constant = spread <= 1e-6 * raw_flat.abs().amax(-1, keepdim=True)  # also true for all-zero maps
@@ -202,7 +213,8 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     probs = torch.softmax(logits.detach().float(), dim=1)
     del logits, activations
     model_name = loaded.name if loaded else type(module).__name__
-    return _explanations(raws, probs, targets, class_names, model_name, inputs_names, tuple(inputs.shape[-2:]))
+    return _explanations(module, raws, probs, targets, class_names, model_name, inputs_names,
+                         tuple(inputs.shape[-2:]))
 
 
 def _layers_to_capture(module: nn.Module, layer, inputs: torch.Tensor, model_name: str | None, pm) -> list[str]:
@@ -252,9 +264,10 @@ def _raw_maps(chosen: list[Method], ctx: Context, activations: dict, layer_names
     return raws
 
 
-def _explanations(raws, probs: torch.Tensor, targets: torch.Tensor, class_names, model_name: str, inputs_names,
-                  size) -> list[Explanation]:
-    """One Explanation per raw map set: normalised maps, targets, scores and predictions."""
+def _explanations(module: nn.Module, raws, probs: torch.Tensor, targets: torch.Tensor, class_names, model_name: str,
+                  inputs_names, size) -> list[Explanation]:
+    """One Explanation per raw map set: normalised maps (on the method's display range, if it has one),
+    targets, scores and predictions."""
     top_p, top_i = probs.max(dim=1)
     t = targets.cpu().numpy()
     common = dict(
@@ -273,9 +286,10 @@ def _explanations(raws, probs: torch.Tensor, targets: torch.Tensor, class_names,
         if raw.dim() != 4 or raw.shape[:2] != targets.shape:
             raise RuntimeError(f"method `{m.name}` returned shape {tuple(raw.shape)}, expected (N, K, h, w) = "
                                f"{tuple(targets.shape)} + (h, w)")
+        maps = normalize_maps(raw, size, m.signed, m.display_range(module, name))
         out.append(Explanation(
             method=m.name, layer=name, signed=m.signed,
-            raw=raw.float().cpu().numpy(), maps=normalize_maps(raw, size, m.signed).cpu().numpy(), **common,
+            raw=raw.float().cpu().numpy(), maps=maps.cpu().numpy(), **common,
         ))
     return out
 

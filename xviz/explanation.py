@@ -25,7 +25,8 @@ class Explanation:
       (e.g. ``ReLU(sum_k w_k A_k)`` for GradCAM), unnormalised.
     * ``maps``: (N, K, H, W) float32 at the input size: ``raw`` bilinearly upsampled, then min-max
       normalised per map to [0, 1] (a constant map becomes 0). Signed methods scale by the largest
-      magnitude instead, giving [-1, 1].
+      magnitude instead, giving [-1, 1]. A method with a fixed display range (``Method.display_range``,
+      e.g. sigmoid attention in its reference view) maps that range to [0, 1] instead, for every map alike.
     * ``targets``: (N, K) class indices explained; ``target_names`` their names; ``scores``
       (N, K) the softmax probability of each target.
     * ``predictions``/``prediction_names``/``prediction_scores``: the top-1 class of each image.

@@ -8,7 +8,7 @@ method (:mod:`xviz_attention.method`) and the report (:mod:`xviz_attention.repor
 
 from xviz import hookimpl
 from xviz.images import Preprocessing
-from xviz.specs import MethodSpec, ModelSpec, lazy
+from xviz.specs import MethodSpec, ModelSpec, attributes_of, lazy
 
 CIFAR100_PREPROCESSING = Preprocessing(None, None, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 
@@ -33,7 +33,10 @@ def xviz_default_target_layer(model, model_name):
 @hookimpl
 def xviz_register_methods():
     return [MethodSpec("attention", "xviz_attention.method:AttentionMaps",
-                       "attention map of each attention block (Learn to Pay Attention), one forward pass")]
+                       "attention map of each attention block (Learn to Pay Attention), one forward pass"),
+            MethodSpec("attention-reference", "xviz_attention.method:reference_view",
+                       "attention maps drawn as the authors' code draws them: sigmoid maps unscaled on 0-1, "
+                       "softmax min-max")]
 
 
 @hookimpl
@@ -46,3 +49,6 @@ def xviz_register_commands(subparsers):
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--out", default="attention-report", help="folder for part_attention.csv and .png")
     p.set_defaults(func=lazy("xviz_attention.report:cmd_report"))
+
+
+__getattr__ = attributes_of("xviz_attention.method")  # e.g. xviz_attention.AttentionMaps(view="reference")

@@ -9,9 +9,11 @@ channels by summing and drawn with a diverging colormap; saliency maps are unsig
 Memory is bounded: the (image, target) pairs are flattened into rows and sent to the model in
 chunks, so the largest batch the model sees is ``internal_batch_size`` (integrated gradients,
 noise tunnels) or ``batch_size`` (occlusion) rows, whatever the number of images and targets.
-Noise is drawn from a generator seeded by ``seed`` inside ``torch.random.fork_rng``: results are
-reproducible and the global RNG is left as found. captum's hooks (on ``nn.ReLU`` modules for
-guided backprop, on the target layer for guided GradCAM) are removed by captum before returning.
+Noise methods seed torch's generator with ``seed`` before each (image, target) row, inside
+``torch.random.fork_rng``: a map is reproducible, does not depend on the other images of the batch
+nor on the number of targets (``topk``), and the global RNG is left as found. captum's hooks (on
+``nn.ReLU`` modules for guided backprop, on the target layer for guided GradCAM) are removed by
+captum before returning.
 """
 
 from __future__ import annotations
@@ -248,8 +250,10 @@ class Occlusion(Method):
 class _NoiseTunnel(Method):
     """SmoothGrad over a base attribution: the mean of its maps at ``samples`` noisy copies
     ``x + eps_s``, ``eps_s ~ N(0, sigma^2)``, ``sigma = stdev * (max x - min x)`` per image
-    (Smilkov et al. 2017's noise level), drawn after ``torch.manual_seed(seed)`` for each image, so an
-    image's map does not depend on the other images in the batch."""
+    (Smilkov et al. 2017's noise level). Each (image, target) row is one captum call preceded by
+    ``torch.manual_seed(seed)``: a row draws exactly the noise of a single-target call for its image,
+    whatever the other images in the batch and the other targets (``topk``), and the K targets of an
+    image share the same noisy copies."""
 
     uses_layer = False
 
@@ -263,7 +267,7 @@ class _NoiseTunnel(Method):
     def base(self, scores: nn.Module):
         raise NotImplementedError
 
-    def extra(self, rows: int) -> dict:
+    def extra(self) -> dict:
         return {}
 
     def reduce(self, attributions: torch.Tensor) -> torch.Tensor:
@@ -274,17 +278,14 @@ class _NoiseTunnel(Method):
 
         tunnel = NoiseTunnel(self.base(_Scores(ctx.model)))
         x, t = _rows(ctx)
-        k, step = ctx.targets.shape[1], self.internal_batch_size
         out = []
         with _quiet(), _seeded(self.seed, x.device):
-            for first in range(0, len(x), k):  # sigma is per image: one image's K rows at a time
-                torch.manual_seed(self.seed)  # an image's noise does not depend on its place in the batch
-                sigma = self.stdev * float(x[first].max() - x[first].min())
-                for start in range(first, first + k, step):
-                    xs, ts = x[start:min(start + step, first + k)], t[start:min(start + step, first + k)]
-                    out.append(tunnel.attribute(
-                        xs, nt_type="smoothgrad", nt_samples=self.samples, stdevs=sigma,
-                        nt_samples_batch_size=max(1, step // len(xs)), target=ts, **self.extra(len(xs))).detach())
+            for row in range(len(x)):
+                torch.manual_seed(self.seed)  # the noise of a single-target call, whatever the row's place
+                sigma = self.stdev * float(x[row].max() - x[row].min())
+                out.append(tunnel.attribute(
+                    x[row:row + 1], nt_type="smoothgrad", nt_samples=self.samples, stdevs=sigma,
+                    nt_samples_batch_size=self.internal_batch_size, target=t[row:row + 1], **self.extra()).detach())
         return _unrows(self.reduce(torch.cat(out)), ctx)
 
 
@@ -293,8 +294,8 @@ class SmoothGrad(_NoiseTunnel):
 
     ``M_ij = max_c mean_{s=1..n} | dS_t/dx_cij (x + eps_s) |``, ``eps_s ~ N(0, sigma^2)``,
     ``sigma = stdev * (max x - min x)`` per image, ``n = samples`` (unsigned). Noise is seeded
-    (``seed``): the same call gives the same map. At most ``internal_batch_size`` noisy images go
-    through the model at once.
+    (``seed``) per (image, target): the same map alone, in a batch or among ``topk`` targets. At
+    most ``internal_batch_size`` noisy images go through the model at once.
     """
 
     name = "smoothgrad"
@@ -305,7 +306,7 @@ class SmoothGrad(_NoiseTunnel):
 
         return CaptumSaliency(scores)
 
-    def extra(self, rows):
+    def extra(self):
         return {"abs": True}
 
     def reduce(self, attributions):
@@ -336,7 +337,7 @@ class SmoothIntegratedGradients(_NoiseTunnel):
 
         return CaptumIG(scores)
 
-    def extra(self, rows):
+    def extra(self):
         return {"n_steps": self.n_steps, "baselines": self.baseline, "method": "gausslegendre",
                 "internal_batch_size": self.internal_batch_size}
 

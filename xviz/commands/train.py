@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
         if out.exists() and not out.is_dir():
             raise XvizError(f"`{out}` is a file, not a folder: choose another --out")
         result = train(cfg, pm=args.pm)
-    if not result.finished_before:
+    if result.main and not result.finished_before:  # once, by rank 0 of several processes
         print(f"best test accuracy {100 * result.best_acc:.2f}%; checkpoints in {result.run}/ "
               f"(best.pt, last.pt, history.json, history.csv)")
     return 0

@@ -7,6 +7,6 @@ from xviz.specs import attributes_of
 
 __getattr__ = attributes_of({"TrainConfig": "xviz.train.config", "make_config": "xviz.train.config",
                              "TrainResult": "xviz.train.loop", "train": "xviz.train.loop",
-                             "evaluate": "xviz.train.loop"})
+                             "run_test_epoch": "xviz.train.loop"})
 
-__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "make_config", "train", "run_test_epoch"]
