@@ -25,7 +25,8 @@ def run(argv: list[str], env: dict) -> None:
 
 def peak_mib(code: str, env: dict) -> float:
     """Peak RSS of a fresh interpreter running ``code``, in MiB."""
-    probe = f"{code}\nimport resource, sys\nsys.__stderr__.write('RSS %d' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    probe = (f"{code}\nimport resource, sys\n"
+             "sys.__stderr__.write('RSS %d' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     return int(done.stderr.rsplit("RSS ", 1)[1]) / 1024
 

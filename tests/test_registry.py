@@ -182,9 +182,10 @@ def test_clashing_method_name_in_the_cli(pm, monkeypatch, tmp_path):
     assert listed.code == 0 and "gradcampp" in listed.out and not re.search(r"^gradcam ", listed.out, re.M)
     assert listed.err.startswith("xviz: warning: method `gradcam` is registered by both plugin `xviz_cam` and plugin "
                                  "`copycat`") and len(listed.err.splitlines()) == 1
-    used = runner.run("explain", "--model", "xviz-demo", "--method", "gradcam", "--out", tmp_path, SAMPLES)
+    winged = SAMPLES / "winged.png"
+    used = runner.run("explain", "--model", "xviz-demo", "--method", "gradcam", "--out", tmp_path, winged)
     assert used.code == 2 and used.err.startswith("xviz: error: method `gradcam` is registered by both")
-    other = runner.run("explain", "--model", "xviz-demo", "--method", "layercam", "--out", tmp_path, SAMPLES)
+    other = runner.run("explain", "--model", "xviz-demo", "--method", "layercam", "--out", tmp_path, winged)
     assert other.code == 0, other.err
 
 
@@ -436,8 +437,9 @@ def test_two_plugins_adding_one_command(monkeypatch):
     runner.register(Hello("first"), name="one")
     runner.register(Hello("second"), name="two")
     result = runner.run("hello")
-    assert result.code == 2 and result.err == ("xviz: error: command `hello` is registered by both plugin `one` and "
-                                               "plugin `two`: uninstall one, or choose plugins with XVIZ_LOAD_PLUGINS\n")
+    assert result.code == 2
+    assert result.err == ("xviz: error: command `hello` is registered by both plugin `one` and plugin `two`: "
+                          "uninstall one, or choose plugins with XVIZ_LOAD_PLUGINS\n")
     assert runner.run("methods").code == 0  # the other commands keep working
 
 

@@ -24,4 +24,4 @@ def xviz_register_methods():
     ]
 
 
-__getattr__ = attributes_of("xviz_cam.methods")  # e.g. xviz_cam.ScoreCAM(batch_size=8), imported on first use
+__getattr__ = attributes_of("xviz_cam.methods")  # xviz_cam.ScoreCAM(batch_size=8): imported on use

@@ -29,4 +29,4 @@ def xviz_register_methods():
     ]
 
 
-__getattr__ = attributes_of("xviz_captum.methods")  # e.g. xviz_captum.IntegratedGradients(n_steps=100), imported on first use
+__getattr__ = attributes_of("xviz_captum.methods")  # xviz_captum.IntegratedGradients(n_steps=100): imported on use

@@ -77,7 +77,8 @@ def xviz_register_models():
 
 
 def _synthetic(split, root=None, transform=None, size=None, seed=0, image_size=64):
-    return SyntheticParts(split, size=size, seed=seed, image_size=image_size, transform=transform or PREPROCESSING.tensor)
+    return SyntheticParts(split, size=size, seed=seed, image_size=image_size,
+                          transform=transform or PREPROCESSING.tensor)
 
 
 @hookimpl

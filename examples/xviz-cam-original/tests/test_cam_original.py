@@ -153,7 +153,8 @@ def test_listed_and_used_through_the_command_line(xviz_cli, tmp_path):
     listed = xviz_cli.run("methods")
     assert listed.code == 0
     assert ["cam", "xviz_cam_original", SUMMARY] in [line.split(None, 2) for line in listed.lines]
-    result = xviz_cli.run("explain", "--model", "xviz-demo", "--method", "cam", "--out", tmp_path, SAMPLES / "horned.png")
+    result = xviz_cli.run("explain", "--model", "xviz-demo", "--method", "cam", "--out", tmp_path,
+                          SAMPLES / "horned.png")
     assert result.code == 0, result.err
     assert (tmp_path / "horned_cam.png").is_file() and "wrote 1 overlay(s)" in result.out
     refused = xviz_cli.run("explain", "--model", "xviz-demo", "--method", "cam", "--layer", "features.17",
