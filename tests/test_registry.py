@@ -400,6 +400,9 @@ def test_broken_plugin_leaves_the_rest_working(brokenplug, testplug, capsys):
         assert code == 0 and "Traceback" not in err
         assert err.splitlines() == [err.splitlines()[0]] and err.startswith("xviz: warning: plugin `brokenplug`")
         assert "XVIZ_LOAD_PLUGINS=testplug" in err
+        if args == ["plugins"]:
+            assert re.search(r"^brokenplug +skipped: failed to load", out, re.M)
+            assert re.search(r"^testplug +entry point of xviz-testplug", out, re.M)
     assert "testmethod" in out  # the output of `methods`: the working plugin's method is there
 
 
