@@ -149,6 +149,11 @@ def browser():
     driver.quit()
 
 
+def _open(browser, page: Path) -> None:
+    browser.get_log("browser")  # what earlier pages logged is not this page's
+    browser.get(page.resolve().as_uri())
+
+
 def _rows(browser):
     return browser.find_elements("css selector", "#body tr")
 
@@ -164,7 +169,7 @@ def test_page_loads_filters_sorts_and_opens_a_panel(browser, tmp_path):
     names = [f"img{i:02d}.png" for i in range(7)] + ["<img src=x onerror=window.pwned=1>.png", "a b ü #1.png"]
     fake_run(out, names, topk=2)
     (out / "img03_gradcam_top1-cat.png").unlink()  # a file deleted by hand
-    browser.get(build_report(out, show_progress=False).resolve().as_uri())
+    _open(browser, build_report(out, show_progress=False))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     assert browser.execute_script("return window.pwned === undefined")
@@ -211,7 +216,7 @@ def test_page_loads_filters_sorts_and_opens_a_panel(browser, tmp_path):
 def test_pages_of_many_rows(browser, tmp_path):
     out = tmp_path / "out"
     fake_run(out, [f"img{i:03d}.png" for i in range(120)], methods=("gradcam",))
-    browser.get(build_report(out, show_progress=False).resolve().as_uri())
+    _open(browser, build_report(out, show_progress=False))
     assert len(_rows(browser)) == 50
     assert browser.find_element("id", "page").text == "page 1 of 3"
     browser.find_element("id", "next").click()
@@ -226,7 +231,7 @@ def test_an_evaluation_page_shows_the_ranking_and_its_figures(browser, tmp_path)
     _png(out / "evaluate_ranking.png", 1, side=120)
     write_evaluation(out, "ranking on <demo>", ["method", "ins-del"], [["gradcam", 0.514], ["random", -0.026]],
                      [("evaluate_ranking.png", "insertion minus deletion"), ("evaluate_curves.png", "gone")])
-    browser.get(build_report(out, show_progress=False).resolve().as_uri())
+    _open(browser, build_report(out, show_progress=False))
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "evaluate_curves" not in e["message"]]
     section = browser.find_element("id", "evaluation")
     assert section.find_element("tag name", "h2").text == "ranking on <demo>"
@@ -235,3 +240,59 @@ def test_an_evaluation_page_shows_the_ranking_and_its_figures(browser, tmp_path)
     loaded = browser.execute_script("return [...document.querySelectorAll('#evaluation img')].map(i => i.naturalWidth > 0)")
     assert loaded == [True, False]  # the deleted figure shows as broken, the page still works
     assert not browser.find_element("id", "controls").is_displayed()
+
+
+# --- written by the commands ------------------------------------------------------------------------------
+
+SAMPLES = Path(__file__).parents[1] / "plugins" / "xviz_zoo" / "assets" / "samples"
+
+
+def test_explain_report_end_to_end_and_rebuilt(run_cli, browser, tmp_path):
+    src = tmp_path / "photos"
+    for name in ("winged", "striped"):  # class-named folders give the true class; one is put in the wrong one
+        (src / name).mkdir(parents=True)
+    shutil.copy(SAMPLES / "winged.png", src / "winged" / "a.png")
+    shutil.copy(SAMPLES / "tailed.png", src / "striped" / "b.png")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--method", "gradcam,gradcampp", "--topk", 2,
+                                "--panel", "--report", "--out", out, src / "winged", src / "striped")
+    assert code == 0, err
+    assert f"wrote the report page {out / 'index.html'}" in stdout
+    results = read_results(out)
+    assert [r["shown"] for r in results.records] == [str(src / "winged" / "a.png"), str(src / "striped" / "b.png")]
+    assert {o["method"] for o in results.records[0]["outputs"]} == {"gradcam", "gradcampp"}
+    assert all((out / o["overlay"]).is_file() and (out / o["panel"]).is_file()
+               for r in results.records for o in r["outputs"])
+    settings = json.loads((out / SETTINGS).read_text())
+    assert settings["methods"] == ["gradcam", "gradcampp"] and settings["layer"] == "features"
+    _open(browser, out / "index.html")
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(_rows(browser)) == 2
+    browser.find_element("id", "filter-misclassified").click()
+    assert _names(browser) == [str(src / "striped" / "b.png")]  # a tailed image in the `striped` folder
+    # a file deleted by hand and a labels file: `xviz report` rebuilds the page
+    (out / results.records[0]["outputs"][0]["overlay"]).unlink()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("b.png,tailed\n")
+    code, stdout, err = run_cli("report", out, "--labels", labels)
+    assert code == 0, err
+    data = report_data(out, read_labels(labels), show_progress=False)
+    assert len(data["missing"]) == 1 and data["rows"][1]["label"] == "tailed"
+
+
+def test_report_command_on_a_folder_without_results_is_one_line(run_cli, tmp_path):
+    code, out, err = run_cli("report", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "holds no xviz-results.jsonl" in err
+
+
+def test_evaluate_report(run_cli, browser, tmp_path):
+    code, out, err = run_cli("evaluate", "--model", "xviz-demo", "--data", "synthetic", "--limit", 4, "--steps", 5,
+                             "--method", "gradcam", "--metrics", "deletion,insertion", "--randomize", 0,
+                             "--report", "--out", tmp_path)
+    assert code == 0, err
+    _open(browser, tmp_path / "index.html")
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    methods = [row.find_element("css selector", "td:nth-child(2)").text
+               for row in browser.find_elements("css selector", "#evaluation tbody tr")]
+    assert "gradcam" in methods
+    assert browser.execute_script("return [...document.querySelectorAll('#evaluation img')].every(i => i.naturalWidth > 0)")

@@ -21,7 +21,8 @@ from xviz.render import (DEFAULT_CMAP, DEFAULT_SIGNED_CMAP, atomic_write, colori
                          overlay, panel, save_png)
 
 MAX_NAME_PART = 60  # characters of a class name kept in a file name
-_TEMPORARY = re.compile(r"^\.(?P<name>.+\.(png|npy))\.[a-z0-9_]{8}\.(png|npy)$")  # atomic_write's mkstemp names
+_SUFFIXES = "png|npy|jpg|json|js|html"  # what explain and its report write, each through atomic_write
+_TEMPORARY = re.compile(rf"^\.(?P<name>.+\.({_SUFFIXES}))\.[a-z0-9_]{{8}}\.({_SUFFIXES})$")  # atomic_write's mkstemp names
 
 
 def safe_name(text: str) -> str:
@@ -111,6 +112,7 @@ class OverlayWriter:
         self.panels, self.grids, self.raw = panels, grids, raw
         self.overlays = 0
         self.rows: list[list[str]] = []
+        self.records: list[dict] = []  # one per image, for the report page (xviz.report.append_records)
         self._gallery: dict[str, tuple[list, list, list, bool]] = {}  # method -> views, maps, titles, signed
 
     def image(self, i: int, stem: str, shown: str, view, explanations) -> None:
@@ -118,9 +120,15 @@ class OverlayWriter:
         per_method = Counter(e.method for e in explanations)  # methods such as `attention` give one per layer
         for method in (m for m in per_method if per_method[m] > 1):
             self._layers(i, stem, view, method, [e for e in explanations if e.method == method])
+        first = explanations[0]
+        record = {"image": first.inputs[i] if i < len(first.inputs) else shown, "shown": shown,
+                  "predicted": first.prediction_names[i], "prob": float(first.prediction_scores[i]), "outputs": []}
+        record["path"] = str(Path(record["image"]).resolve())
         for exp in explanations:
             for k in range(exp.topk):
-                self._target(i, k, stem, shown, view, exp, exp.layer if per_method[exp.method] > 1 else None)
+                layered = per_method[exp.method] > 1
+                record["outputs"].append(self._target(i, k, stem, shown, view, exp, exp.layer if layered else None))
+        self.records.append(record)
 
     def _layers(self, i, stem, view, method, layered) -> None:
         title = f"{method}: predicted {layered[0].prediction_names[i]} ({layered[0].prediction_scores[i]:.1%})"
@@ -128,16 +136,18 @@ class OverlayWriter:
                                self.alpha, self.cmap)
         save_png(figure, self.folder / f"{stem}_{method}_layers.png")
 
-    def _target(self, i, k, stem, shown, view, exp, layer) -> None:
+    def _target(self, i, k, stem, shown, view, exp, layer) -> dict:
         target_name = exp.target_names[i][k]
         base = self.folder / output_name(stem, exp.method, k, exp.topk, target_name, layer)
         heat = exp.maps[i, k]
         written = save_png(enlarge(overlay(view, heat, self.alpha, self.cmap, exp.signed)), f"{base}.png")
         self.overlays += 1
+        output = {"method": exp.method, "layer": exp.layer, "per_layer": layer is not None, "target": target_name,
+                  "prob": float(exp.scores[i, k]), "rank": k + 1, "overlay": written.name, "panel": None}
         if self.panels:
             title = (f"{exp.method}: predicted {exp.prediction_names[i]} ({exp.prediction_scores[i]:.1%})"
                      f", explaining {target_name}")
-            save_png(panel(view, heat, title, self.alpha, self.cmap, exp.signed), f"{base}_panel.png")
+            output["panel"] = save_png(panel(view, heat, title, self.alpha, self.cmap, exp.signed), f"{base}_panel.png").name
         if self.grids:
             views, heats, titles, _ = self._gallery.setdefault(exp.method, ([], [], [], exp.signed))
             views.append(view)
@@ -147,6 +157,12 @@ class OverlayWriter:
             save_npy(exp.raw[i, k], Path(f"{base}_raw.npy"))
         self.rows.append([shown, exp.prediction_names[i], f"{exp.prediction_scores[i]:.3f}",
                           f"{target_name} ({exp.scores[i, k]:.3f})", exp.method, str(written)])
+        return output
+
+    def take_records(self) -> list[dict]:
+        """The image records written since the last call (for :func:`xviz.report.append_records`)."""
+        records, self.records = self.records, []
+        return records
 
     def write_grids(self, columns: int = 6) -> list[tuple[Path, int]]:
         """One grid of all overlays per method: ``[(path, overlays in it)]``."""

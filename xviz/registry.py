@@ -34,7 +34,8 @@ from xviz.errors import XvizError
 
 ENTRY_POINT_GROUP = "xviz"
 BUILTIN_COMMANDS = ("xviz.commands.explain", "xviz.commands.listing", "xviz.commands.train",
-                    "xviz.commands.evaluate", "xviz.commands.gallery", "xviz.commands.misclassified")
+                    "xviz.commands.evaluate", "xviz.commands.gallery", "xviz.commands.misclassified",
+                    "xviz.commands.report")
 BUILTIN_PLUGINS = ("xviz_zoo", "xviz_cam", "xviz_captum", "xviz_attention", "xviz_afs")
 
 

@@ -45,6 +45,7 @@ def xviz_register_commands(subparsers):
     p.add_argument("--out", required=True, help="folder for evaluate_results.csv, evaluate_ranking.png, "
                    "evaluate_curves.png, evaluate_sanity.png, evaluate_settings.json")
     p.add_argument("--batch-size", type=int, default=32, help="images explained together (default: 32)")
+    p.add_argument("--report", action="store_true", help="also write OUT/index.html with the ranking and its figures")
     p.add_argument("--chunk", type=int, default=256, help="perturbed images per forward (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_evaluate)
@@ -97,4 +98,12 @@ def cmd_evaluate(args) -> int:
         written.append(results.sanity_figure(out / "evaluate_sanity.png", f"{title}: maps of the trained model vs "
                                              f"randomised {', '.join(s['randomized_layers'])}"))
     print(f"wrote {', '.join(str(p) for p in written)} in {s['seconds']:.0f} s")
+    if args.report:
+        from xviz.report import build_report, write_evaluation
+
+        captions = {"evaluate_ranking.png": "ranking", "evaluate_curves.png": "deletion and insertion curves",
+                    "evaluate_sanity.png": "sanity check: maps of the trained and of the randomised model"}
+        write_evaluation(out, title, *results.ranking(),
+                         [(p.name, captions[p.name]) for p in written if p.name in captions])
+        print(f"wrote the report page {build_report(out)} (open it in a browser)")
     return 0

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from xviz import hookimpl
@@ -58,12 +59,29 @@ def _interruptible(folder: Path):
             signal.signal(signal.SIGTERM, previous)
 
 
+def _settings(args, model, methods) -> dict:
+    """What the report page's header shows and what a rerun needs: the command, model, methods, targets."""
+    import shlex
+
+    from xviz.explanation import library_versions
+
+    settings = {"command": "xviz " + " ".join(map(shlex.quote, sys.argv[1:])) if Path(sys.argv[0]).name in ("xviz", "__main__.py") else None,
+                "model": model.name, "checkpoint": args.checkpoint, "weights": args.weights,
+                "methods": [m.name for m in methods], "target": args.target, "topk": args.topk,
+                "device": str(args.device), "class_names": list(model.class_names), "versions": library_versions(),
+                "started": datetime.now().isoformat(timespec="seconds")}
+    if args.layer:
+        settings["layer"] = args.layer
+    return settings
+
+
 def cmd_explain(args) -> int:
     from tqdm import tqdm
 
     from xviz.explainer import check_targets, explain_batches, resolve_methods
     from xviz.models import load_model, torch_device
     from xviz.outputs import OverlayWriter, output_stems, remove_temporaries, write_failure
+    from xviz.report import append_records, build_report, read_labels, write_settings
     from xviz.render import check_alpha, get_cmap
 
     device = torch_device(args.device)
@@ -80,6 +98,9 @@ def cmd_explain(args) -> int:
     stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))
     one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
     writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw)
+    settings = _settings(args, model, methods)
+    labels = read_labels(args.labels) if args.labels else {}
+    write_settings(out, settings)
     batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
                               batch_size=args.batch_size, pm=args.pm, skip_unreadable=True)
     skipped, announced = 0, False
@@ -95,6 +116,9 @@ def cmd_explain(args) -> int:
                 for i, (name, view) in enumerate(zip(batch.names, batch.views)):
                     writer.image(i, stems[name], Path(name).name if one_folder else name, view, batch.explanations)
                     bar.update(1)
+                append_records(out, writer.take_records())
+                if batch.layer and "layer" not in settings:
+                    settings["layer"] = batch.layer.name
                 skipped += len(batch.skipped)
                 bar.update(len(batch.skipped))
             grids = writer.write_grids()
@@ -105,6 +129,9 @@ def cmd_explain(args) -> int:
         print(f"wrote {writer.overlays} overlay(s) to {out}/")
     for path, count in grids:
         print(f"wrote a grid of {count} overlay(s) to {path}")
+    write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
+    if args.report:
+        print(f"wrote the report page {build_report(out)} (open it in a browser)")
     if skipped:
         print(f"xviz: error: {skipped} of {len(paths)} image(s) could not be read and were skipped "
               "(see the lines above)", file=sys.stderr)
@@ -131,4 +158,8 @@ def xviz_register_commands(subparsers):
     p.add_argument("--panel", action="store_true", help="also write image | heatmap | overlay panels")
     p.add_argument("--grid", action="store_true", help="also write one grid of all overlays per method")
     p.add_argument("--save-raw", action="store_true", help="also write the raw feature-size maps as .npy")
+    p.add_argument("--report", action="store_true", help="also write OUT/index.html: every image and method side by "
+                   "side in the browser (filters, sort, full-size panels)")
+    p.add_argument("--labels", metavar="FILE", help="true classes for the report (CSV `file,class` or JSON); images in "
+                   "class-named folders are labelled by their folder")
     p.set_defaults(func=cmd_explain)

@@ -47,6 +47,10 @@ class Results:
         raise KeyError(method)
 
     def table(self) -> str:
+        return table(*reversed(self.ranking()))
+
+    def ranking(self) -> tuple[list[str], list[list[str]]]:
+        """The ranking as text cells: ``(header, lines)``, best first."""
         cols = self.columns()
         header = ["rank", "method", *[COLUMNS[c][0] + (" ^" if COLUMNS[c][1] else " v") for c in cols]]
         if "sanity_spearman" in cols:
@@ -57,7 +61,7 @@ class Results:
             if "sanity_spearman" in cols:
                 line.append("FLAGGED" if r.flagged else "ok")
             lines.append(line)
-        return table(lines, header)
+        return header, lines
 
     def write_csv(self, path) -> Path:
         from xviz.render import atomic_write
