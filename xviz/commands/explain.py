@@ -100,7 +100,8 @@ def cmd_explain(args) -> int:
     writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw)
     settings = _settings(args, model, methods)
     labels = read_labels(args.labels) if args.labels else {}
-    write_settings(out, settings)
+    if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
+        write_settings(out, settings)
     batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
                               batch_size=args.batch_size, pm=args.pm, skip_unreadable=True)
     skipped, announced = 0, False
@@ -116,12 +117,17 @@ def cmd_explain(args) -> int:
                 for i, (name, view) in enumerate(zip(batch.names, batch.views)):
                     writer.image(i, stems[name], Path(name).name if one_folder else name, view, batch.explanations)
                     bar.update(1)
-                append_records(out, writer.take_records())
+                records = writer.take_records()
+                if args.report:
+                    append_records(out, records)
                 if batch.layer and "layer" not in settings:
                     settings["layer"] = batch.layer.name
                 skipped += len(batch.skipped)
                 bar.update(len(batch.skipped))
             grids = writer.write_grids()
+            if args.report:
+                write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
+                page = build_report(out, show_progress=len(paths) > 1)
     except OSError as exc:  # the bar is closed by now: the message gets its own line
         raise write_failure(exc, out, writer.overlays) from None
     if writer.rows:
@@ -129,9 +135,8 @@ def cmd_explain(args) -> int:
         print(f"wrote {writer.overlays} overlay(s) to {out}/")
     for path, count in grids:
         print(f"wrote a grid of {count} overlay(s) to {path}")
-    write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
     if args.report:
-        print(f"wrote the report page {build_report(out)} (open it in a browser)")
+        print(f"wrote the report page {page} (open it in a browser)")
     if skipped:
         print(f"xviz: error: {skipped} of {len(paths)} image(s) could not be read and were skipped "
               "(see the lines above)", file=sys.stderr)
