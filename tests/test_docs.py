@@ -338,7 +338,7 @@ def test_the_readme_links_the_gallery_and_keeps_its_first_commands():
     readme = (ROOT / "README.md").read_text()
     assert "docs/gallery/index.md" in readme
     assert readme.splitlines()[3:5] == [
-        "make demo   # sets up .venv, explains the bundled sample images with GradCAM++ -> demo-out/",
+        "make demo   # sets up .venv, explains the bundled sample images with GradCAM++ -> demo-out/ (open demo-out/index.html)",
         "make test   # sets up .venv, runs the test suite (fast set; `make test-all` adds the slow ones)",
     ]
 
