@@ -15,7 +15,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from xviz.errors import XvizError
 from xviz.registry import get_plugin_manager, regularizers
 from xviz_afs import build
-from xviz_afs.gates import AFSGate, add_gates, gates, recording, set_gates, update_masks, winner_take_all
+from xviz_afs.gates import (AFSGate, add_gates, conv_bn_pairs, gates, recording, set_gates, update_masks,
+                            winner_take_all)
 from xviz_afs.regularizers import stage_last_convs
 from xviz_afs.sparse import estimate_macs, sparse_forward
 
@@ -173,7 +174,7 @@ def test_fea_map_and_afd_match_features_computed_independently():
     x = x_batch()
     t_feats = create_feature_extractor(copy.deepcopy(model).train(), layers)(x)
     s_feats = create_feature_extractor(copy.deepcopy(source).train(), layers)(x)  # the target's BN mode
-    want_fea = sum(0.5 * (t_feats[n] - s_feats[n]).pow(2).sum() / 4 for n in layers)
+    want_fea = sum(0.5 * (t_feats[n] - s_feats[n]).pow(2).sum() for n in layers)  # summed over the batch
     assert _penalty(fea, model, x) == pytest.approx(want_fea.detach().item(), rel=1e-4)
     model.eval()  # in eval mode nothing is recorded: evaluation passes add no penalty
     with torch.no_grad():
@@ -338,15 +339,93 @@ def test_training_rejects_unknown_regularisers_and_bad_ratios(run_cli, tmp_path)
     assert code == 2 and "must be in (0, 1]" in err
 
 
-def test_afs_channels_maps_show_where_kept_channels_fire():
+def gated_outputs_by_hand(model, x):
+    """``{conv name: gated BatchNorm output}`` computed apart from the gate's code: hooks clone the conv's
+    input and the BatchNorm output before the gate scales it; the gate formula is applied here."""
+    inputs, raw, handles = {}, {}, []
+    for conv_name, conv, _, bn in conv_bn_pairs(model):
+        handles.append(conv.register_forward_pre_hook(lambda m, a, n=conv_name: inputs.__setitem__(n, a[0].clone())))
+        handles.append(bn.register_forward_hook(lambda m, a, o, n=conv_name: raw.__setitem__(n, o.clone()),
+                                                prepend=True))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, gate in gates(model).items():
+        w, b = gate.predictor.weight.detach(), gate.predictor.bias.detach()
+        h = torch.relu(inputs[name].mean(dim=(2, 3)) @ w.T + b)
+        keep = torch.zeros_like(h).scatter_(1, h.topk(max(1, round(gate.ratio * h.shape[1])), dim=1).indices, 1.0)
+        scale = gate.m * keep * (gate.s * h + (1 - gate.s) * gate.gamma.detach())
+        out[name] = (raw[name] * scale[:, :, None, None], h, scale)
+    return out
+
+
+def masked_gated_resnet():
+    """A gated one-block-per-stage ResNet (d = 0.5) whose ``layer4.0.conv2`` has every channel masked (m = 0)
+    and whose ``layer2.0.conv2`` / ``layer3.0.conv2`` have every other channel static (s = 0, gamma in use)."""
+    model = add_gates(tiny_resnet(classes=6, seed=3), 0.5)
+    found = gates(model)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for gate in found.values():  # importances that differ between channels and images
+            gate.predictor.weight.normal_(0.0, 0.5)
+        found["layer4.0.conv2"].m.zero_()
+        for name in ("layer2.0.conv2", "layer3.0.conv2"):
+            found[name].s[::2] = 0.0
+            found[name].gamma.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_afs_channels_and_top_channels_draw_the_gated_output_computed_independently():
     from xviz.explainer import explain_tensors
 
-    model = build(18, 6, ratio=0.5).eval()
+    from xviz_afs.report import top_channels
+
+    model = masked_gated_resnet()
     x = x_batch(2, 64)
+    want = gated_outputs_by_hand(model, x)
     out = explain_tensors(model, x, ["afs-channels"], topk=2, pm=get_plugin_manager(entrypoints=False))
-    assert [e.layer for e in out] == stage_last_convs(model)
+    assert [e.layer for e in out] == stage_last_convs(model) == [f"layer{i}.0.conv2" for i in (1, 2, 3, 4)]
+    for e in out:
+        fired = torch.relu(want[e.layer][0]).sum(1).numpy()
+        assert np.allclose(e.raw[:, 0], fired, atol=1e-5) and np.allclose(e.raw[:, 1], fired, atol=1e-5), e.layer
+    masked = next(e for e in out if e.layer == "layer4.0.conv2")
+    assert not masked.raw.any()  # every channel masked: exactly zero
+    # what the map used to show instead: the block output (shortcut included, after its in-place ReLU)
+    block = {}
+    handle = model.layer4[0].register_forward_hook(lambda m, a, o: block.__setitem__("out", o.clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert block["out"].sum(1).max() > 0.1
+
     with torch.no_grad(), recording(model) as records:
         model(x)
-    for e in out:
-        want = torch.relu(records[e.layer]["output"]).sum(1).numpy()
-        assert np.allclose(e.raw[:, 0], want, atol=1e-5) and np.allclose(e.raw[:, 1], want, atol=1e-5)
+    for layer in ("layer2.0.conv2", "layer3.0.conv2"):  # static channels among the top ones
+        gated, h, scale = want[layer]
+        assert torch.allclose(records[layer]["output"], gated, atol=1e-5)
+        chosen = top_channels(records, layer, top=6)
+        reaching = (scale[0] != 0).nonzero().flatten()
+        expected = reaching[h[0, reaching].argsort(descending=True)][:6].tolist()
+        assert [c for c, _, _ in chosen] == expected
+        assert any(model.get_submodule(layer.replace("conv", "bn")).afs.s[c] == 0 for c in expected)
+        for c, importance, fired in chosen:
+            assert importance == pytest.approx(float(h[0, c]), rel=1e-5)
+            assert torch.allclose(fired, torch.relu(gated[0, c]), atol=1e-5)
+    assert top_channels(records, "layer4.0.conv2") == []  # nothing of a masked layer reaches the output
+
+
+def test_gate_records_are_copies_the_block_cannot_change():
+    model = add_gates(tiny_resnet(), 0.5).eval()
+    x = x_batch(2, 32)
+    want = gated_outputs_by_hand(model, x)
+    with torch.no_grad(), recording(model) as records:
+        model(x)
+    for name, (gated, h, scale) in want.items():  # conv2 of a BasicBlock: ``out += identity`` follows in place
+        assert torch.allclose(records[name]["output"], gated, atol=1e-5), name
+        assert torch.allclose(records[name]["importance"], h, atol=1e-5)
+        assert torch.allclose(records[name]["scale"], scale, atol=1e-6)
+    with torch.no_grad(), recording(model, outputs=False) as records:
+        model(x)
+    assert all("output" not in r and "keep" in r for r in records.values())
