@@ -194,6 +194,53 @@ def test_fea_map_and_afd_match_features_computed_independently():
     assert afd.state_dict().keys() == dict(afd.named_parameters()).keys()
 
 
+def _outputs(model, x, names):
+    """``{name: output}`` of named layers, cloned by forward hooks as each layer runs."""
+    found, handles = {}, []
+    for n in names:
+        handles.append(model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: found.__setitem__(n, o.clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return found
+
+
+def test_distilled_features_are_copies_later_in_place_ops_cannot_change():
+    model = tiny_resnet().train()
+    layers = ["layer1.0.bn2", "layer3.0.bn2"]  # ``out += identity`` and the in-place ReLU follow each
+    fea = _regularizer("fea-map", model, layers="+".join(layers))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    x = x_batch()
+    t, s = _outputs(copy.deepcopy(model), x, layers), _outputs(copy.deepcopy(fea.source).train(), x, layers)
+    want = sum(0.5 * (t[n] - s[n]).pow(2).sum() for n in layers).item()
+    assert _penalty(fea, model, x) == pytest.approx(want, rel=1e-4)
+    fea.close()
+
+
+@pytest.mark.parametrize("name", ["fea-map", "afd"])
+def test_distillation_of_a_gated_target_starts_at_its_distance_to_the_plain_source(name):
+    """The source is the plain network: a gated target differs from it before any step (winner-take-all
+    drops channels), so R > 0 at the start, as in the reference code; switching the gates off gives 0."""
+    model = add_gates(tiny_resnet(), 0.5).train()
+    reg = _regularizer(name, model)
+    x = x_batch()
+    layers = stage_last_convs(model)
+    t = _outputs(copy.deepcopy(model), x, layers)
+    plain = copy.deepcopy(model)
+    set_gates(plain, False)
+    s = _outputs(plain, x, layers)
+    if name == "fea-map":
+        want = sum(0.5 * (t[n] - s[n]).pow(2).sum() for n in layers).item()
+        assert _penalty(reg, model, x) == pytest.approx(want, rel=1e-4)
+    assert _penalty(reg, model, x) > 0
+    set_gates(model, False)
+    assert _penalty(reg, model, x) == 0.0
+    reg.close()
+
+
 def test_mask_update_follows_the_thresholds():
     model = add_gates(tiny_resnet(), 1.0).eval()
     found = gates(model)
