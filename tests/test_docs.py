@@ -161,7 +161,7 @@ def test_find_mistakes_reports_predicted_and_actual(demo):
     from PIL import Image
 
     from xviz.data.synthetic import sample
-    from xviz.gallery import find_mistakes
+    from xviz.evaluation.mistakes import find_mistakes
 
     # the true labels shifted by one class: every image the demo model gets right becomes a mistake
     shifted = [(demo.preprocessing.view(Image.fromarray(sample(i, "test").image)), (i % 6 + 1) % 6) for i in range(6)]

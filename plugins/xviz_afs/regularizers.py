@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from xviz.errors import XvizError
-from xviz.hooks import find_layer
+from xviz.capture import find_layer
 from xviz.regularizers import Regularizer, RegularizerSpec
 
 from xviz_afs.gates import AFSGate, set_gates

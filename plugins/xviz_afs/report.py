@@ -217,30 +217,3 @@ def cmd_update(args) -> int:
     print(f"wrote {target}")
     return 0
 
-
-def add_commands(subparsers) -> None:
-    def common(p):
-        p.add_argument("--checkpoint", required=True, help="a checkpoint (or run folder) of an afs_resnet model")
-        p.add_argument("--data", default="synthetic", help="dataset for the statistics (default: synthetic)")
-        p.add_argument("--split", default="test")
-        p.add_argument("--limit", type=int, help="use only the first N images")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--device", default="auto")
-
-    p = subparsers.add_parser("afs-report", help="AFDS: channel importance per gated layer, kept fractions, "
-                                                 "top channels of a layer, estimated MACs saved")
-    common(p)
-    p.add_argument("--image", help="the image whose top channels are drawn (default: the dataset's first)")
-    p.add_argument("--layer", help="the gated layer whose top channels are drawn (default: deepest >= 7x7)")
-    p.add_argument("--top", type=int, default=8)
-    p.add_argument("--out", default="afs-report", help="output folder")
-    p.set_defaults(func=cmd_report)
-
-    p = subparsers.add_parser("afs-update", help="AFDS: set the gates' s / m masks from statistics over data "
-                                                 "and write the masked checkpoint")
-    common(p)
-    p.set_defaults(split="train")
-    p.add_argument("--thres-s", type=float, default=0.5, help="s = 1 where the importance's variance exceeds it")
-    p.add_argument("--thres-m", type=float, default=0.5, help="m = 1 where the mean kept importance exceeds it")
-    p.add_argument("--out", help="where to write (default: masked.pt beside the checkpoint)")
-    p.set_defaults(func=cmd_update)

@@ -65,6 +65,7 @@ class TrainConfig:
     unfreeze: dict = field(default_factory=dict)  # group -> first trainable epoch; empty: all from epoch 1
     lr_mult: dict = field(default_factory=dict)  # group -> lr multiplier
     train_bn: bool = True  # BatchNorm layers keep training while their block is frozen
+    sync_bn: bool = False  # several processes: BatchNorm statistics over all processes' batches together
     augment: list | None = None  # None: the dataset's default
     crop_padding: int = 4
     cutout: int = 16

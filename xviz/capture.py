@@ -11,13 +11,13 @@ of an in-place layer, which the caller may still hold) can change it.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from xviz.console import did_you_mean
 from xviz.errors import XvizError
 
 
@@ -44,9 +44,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=4, cutoff=0.4)
-    hint = f" Close names: {', '.join(f'`{c}`' for c in close)}." if close else ""
-    raise XvizError(f"the model has no layer `{name}`.{hint} `xviz layers --model NAME` lists them")
+    hint = did_you_mean(name, [n for n in modules if n], n=4, cutoff=0.4)
+    raise XvizError(f"the model has no layer `{name}`: {hint}`xviz layers --model NAME` lists them")
 
 
 @dataclass
