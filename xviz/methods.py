@@ -47,7 +47,9 @@ class Method:
 
     def observe(self, model: nn.Module):
         """A context manager active during the shared forward pass; what its ``__enter__`` returns is
-        ``ctx.observed[self.name]`` (e.g. hooks that record a module's outputs). Default: nothing."""
+        ``ctx.observed[self.name]`` (e.g. hooks that record a module's outputs). Record copies
+        (``output.detach().clone()``): the network may change a module's output in place afterwards
+        (``ReLU(inplace=True)``, ``out += identity``). Default: nothing."""
         return contextlib.nullcontext()
 
     def __repr__(self) -> str:

@@ -55,7 +55,7 @@ class AttentionMaps(Method):
         def record(name):
             def hook(module, inputs, output):
                 c = output[0] if isinstance(output, (tuple, list)) else output
-                maps[name] = module.normalized(c).detach()
+                maps[name] = module.normalized(c).detach().clone()  # a copy: the network may change c in place
             return hook
 
         handles = [find_layer(model, name).register_forward_hook(record(name)) for name in model.attention_layers]

@@ -50,6 +50,18 @@ def _quiet():
         yield
 
 
+@contextlib.contextmanager
+def _copied_output(layer: nn.Module):
+    """While captum records ``layer``: hand a copy of its output on, so what captum keeps (and marks as
+    requiring grad) is never a tensor the caller also holds (the input of an ``nn.Identity`` or of an
+    in-place layer), which an in-place op of the caller would change."""
+    handle = layer.register_forward_hook(lambda module, args, out: out.clone() if torch.is_tensor(out) else None)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _rows(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
     """(N*K, C, H, W) inputs and (N*K,) targets: image n's k-th target is row n*K + k."""
     x = ctx.inputs.detach()
@@ -193,9 +205,10 @@ class GuidedGradCAM(Method):
     def compute(self, ctx: Context) -> torch.Tensor:
         from captum.attr import GuidedGradCam as CaptumGGC
 
-        scores = _Scores(ctx.model)
-        ggc, x = CaptumGGC(scores, find_layer(ctx.model, ctx.layer)), ctx.inputs.detach()
-        return _per_target(ctx, lambda t: ggc.attribute(x, target=t, interpolate_mode="bilinear").detach().sum(dim=1))
+        layer = find_layer(ctx.model, ctx.layer)
+        ggc, x = CaptumGGC(_Scores(ctx.model), layer), ctx.inputs.detach()
+        with _copied_output(layer):
+            return _per_target(ctx, lambda t: ggc.attribute(x, target=t, interpolate_mode="bilinear").detach().sum(dim=1))
 
 
 class Occlusion(Method):
