@@ -36,10 +36,12 @@ _HOME = {
                      "region_kinds", "regions_of"], "xviz.evaluation.driver"),
     **dict.fromkeys(["auc", "average_drop_increase", "class_probability", "energy_pointing", "make_baseline",
                      "mask_by_map", "perturbation_curves", "pixel_ranks", "pointing_game", "randomized_copy",
-                     "scoring_model", "spearman", "ssim"], "xviz.evaluation.metrics"),
+                     "scoring_model", "spearman", "ssim", "image_seed", "pointing_tolerance",
+                     "noisy_linear_imputation", "road_seed", "road_order_values", "road_probabilities",
+                     "infidelity_scores", "sensitivity_scores", "ROAD_PERCENTILES"], "xviz.evaluation.metrics"),
     **dict.fromkeys(["MethodScores", "Results"], "xviz.evaluation.results"),
     **dict.fromkeys(["Mistake", "find_mistakes"], "xviz.evaluation.mistakes"),
-    **dict.fromkeys(["BASELINES", "COLUMNS", "METRICS", "RANDOM"], "xviz.evaluation.names"),
+    **dict.fromkeys(["BASELINES", "COLUMNS", "DEFAULT_METRICS", "METRICS", "RANDOM"], "xviz.evaluation.names"),
 }
 __getattr__ = attributes_of(_HOME)  # imported on first use: the command's flags need only the names
 
