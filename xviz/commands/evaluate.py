@@ -116,6 +116,10 @@ def cmd_evaluate(args) -> int:
     notes = [f"deletion/insertion: {s['steps']} steps, baseline {s['baseline']}"
              + (f" (sigma {s['blur_sigma']:.1f} px)" if s["blur_sigma"] else "")] if "deletion" in s["metrics"] \
         or "insertion" in s["metrics"] else []
+    if "pointing" in s["metrics"]:
+        notes.append(f"pointing: tolerance {s['pointing_tolerance']:.1f} px, any tied maximum")
+    if s.get("road_percentiles"):
+        notes.append(f"ROAD: percentiles {', '.join(str(p) for p in s['road_percentiles'])}, noise {s['road_noise']}")
     if s["randomized_layers"]:
         notes.append(f"randomised: {', '.join(s['randomized_layers'])}; FLAGGED when rand. spearman >= {s['flag_above']}")
     if notes:
