@@ -74,9 +74,22 @@ def _apply_settings(args) -> None:
         raise XvizError(f"cannot read the evaluation settings `{args.settings}` ({type(exc).__name__}: {exc}); "
                         "give an evaluate_settings.json written by `xviz evaluate`") from None
     parser = args.evaluate_parser
+    _note_version_changes(json.loads(Path(args.settings).read_text()).get("versions") or {})
     for name in RERUN_FLAGS:
         if name in recorded and getattr(args, name) == parser.get_default(name):
             setattr(args, name, recorded[name])
+
+
+def _note_version_changes(recorded: dict) -> None:
+    """A note on stderr for each library whose version differs from the recorded run's (numbers may move)."""
+    from xviz.evaluation.driver import metric_library_versions
+    from xviz.explanation import library_versions
+
+    now = {**library_versions(), **metric_library_versions()}
+    for name, was in recorded.items():
+        if name in now and now[name] != was:
+            print(f"note: {name} is {now[name]} here, {was} in the recorded run; numbers may differ slightly",
+                  file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:

@@ -407,8 +407,22 @@ class _Run:
             "seconds": round(seconds, 1),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
-            "versions": library_versions(),
+            "versions": {**library_versions(), **metric_library_versions()},
         }
+
+
+def metric_library_versions() -> dict[str, str]:
+    """Versions of the libraries whose numerics the metrics use (captum's metrics, scipy's sparse solver and
+    ranks, skimage's SSIM, numpy's percentiles)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("captum", "scipy", "scikit-image", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def _ranked(tally: _Tally, flag_above: float, rank_by: str | None) -> tuple[list[MethodScores], str]:
