@@ -179,6 +179,13 @@ def test_infidelity_and_sensitivity_are_captums(tiny, images):
     assert (ours > 0).all()
 
 
+def test_sensitivity_through_evaluate_on_a_users_model(tiny, pm):
+    results = evaluate(tiny, ["gradcam"], Images(n=2), metrics=["sensitivity"], sensitivity_samples=2,
+                       reference=False, pm=pm, progress=False, rank_by="sensitivity")
+    value = results["gradcam"].values["sensitivity"]
+    assert np.isfinite(value) and value > 0 and results.settings["sensitivity_samples"] == 2
+
+
 # --- settings and reruns ---------------------------------------------------------------------------
 
 def test_settings_record_what_changes_numbers_and_rerun_exactly(run_cli, tmp_path):
