@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   xviz evaluate --model xviz-demo --data synthetic --method gradcam,gradcampp --metrics deletion,insertion --out e
   xviz evaluate --checkpoint runs/cub/best.pt --data cub200 --root ~/data --limit 200 --out eval-cub
   xviz evaluate --model xviz-demo --data plugins/xviz_zoo/assets/samples --out eval-folder   (no pointing game)
+  xviz evaluate --settings eval-demo/evaluate_settings.json --out eval-again   (the same run again)
 """
 
 
@@ -28,11 +29,14 @@ def xviz_register_commands(subparsers):
     add_model_flags(p, default_model=None)
     p.add_argument("--method", action="append", help="method(s), comma-separated or repeated "
                    "(default: every registered method that applies to the model)")
-    p.add_argument("--data", required=True, metavar="DATASET|FOLDER", help="a registered dataset or a folder of images")
+    p.add_argument("--settings", metavar="FILE", help="rerun the evaluation an evaluate_settings.json records "
+                   "(flags given here override it)")
+    p.add_argument("--data", metavar="DATASET|FOLDER", help="a registered dataset or a folder of images")
     p.add_argument("--root", help="where the dataset lies (default: the dataset's own place)")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--limit", type=int, help="evaluate N images, evenly spaced over the split (default: all)")
-    p.add_argument("--metrics", help=f"comma-separated, from {', '.join(METRICS)} (default: all that apply)")
+    p.add_argument("--metrics", help=f"comma-separated, from {', '.join(METRICS)} (default: all that apply except "
+                   "sensitivity, which explains each image again per perturbation)")
     p.add_argument("--steps", type=int, default=20, help="points of the deletion/insertion curves (default: 20)")
     p.add_argument("--baseline", default="blur", choices=BASELINES,
                    help="what removed pixels become (default: blur, Gaussian with sigma = side / 16)")
@@ -41,14 +45,52 @@ def xviz_register_commands(subparsers):
     p.add_argument("--layer", help="target layer of the layer methods (default: the model's)")
     p.add_argument("--rank-by", help=f"column to rank by (default: ins_minus_del); one of {', '.join(COLUMNS)}")
     p.add_argument("--no-reference", action="store_true", help="leave out the random-map reference row")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw; each image's own seed "
+                   "derives from it and the image's index or file name (default: 0)")
+    p.add_argument("--tolerance", type=float, help="pointing game: a hit within this many pixels of the region "
+                   "(default: 15 px scaled from 224 px to the input size)")
     p.add_argument("--out", required=True, help="folder for evaluate_results.csv, evaluate_ranking.png, "
                    "evaluate_curves.png, evaluate_sanity.png, evaluate_settings.json")
     p.add_argument("--batch-size", type=int, default=32, help="images explained together (default: 32)")
     p.add_argument("--report", action="store_true", help="also write OUT/index.html with the ranking and its figures")
     p.add_argument("--chunk", type=int, default=256, help="perturbed images per forward (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, evaluate_parser=p)
+
+
+# the flags that decide what an evaluation measures: recorded in evaluate_settings.json, read by --settings
+RERUN_FLAGS = ("model", "weights", "checkpoint", "method", "data", "root", "split", "limit", "metrics", "steps",
+               "baseline", "randomize", "layer", "rank_by", "no_reference", "seed", "tolerance", "batch_size",
+               "chunk")
+
+
+def _apply_settings(args) -> None:
+    """Fill the flags not given on the command line from the ``arguments`` of a settings file."""
+    import json
+    from pathlib import Path
+
+    try:
+        recorded = json.loads(Path(args.settings).read_text())["arguments"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise XvizError(f"cannot read the evaluation settings `{args.settings}` ({type(exc).__name__}: {exc}); "
+                        "give an evaluate_settings.json written by `xviz evaluate`") from None
+    parser = args.evaluate_parser
+    _note_version_changes(json.loads(Path(args.settings).read_text()).get("versions") or {})
+    for name in RERUN_FLAGS:
+        if name in recorded and getattr(args, name) == parser.get_default(name):
+            setattr(args, name, recorded[name])
+
+
+def _note_version_changes(recorded: dict) -> None:
+    """A note on stderr for each library whose version differs from the recorded run's (numbers may move)."""
+    from xviz.evaluation.driver import metric_library_versions
+    from xviz.explanation import library_versions
+
+    now = {**library_versions(), **metric_library_versions()}
+    for name, was in recorded.items():
+        if name in now and now[name] != was:
+            print(f"note: {name} is {now[name]} here, {was} in the recorded run; numbers may differ slightly",
+                  file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:
@@ -56,6 +98,10 @@ def cmd_evaluate(args) -> int:
     from xviz.explainer import resolve_methods
     from xviz.models import load_model, torch_device
 
+    if args.settings:
+        _apply_settings(args)
+    if not args.data:
+        raise XvizError("--data is required (a registered dataset or a folder of images), or --settings FILE")
     device = torch_device(args.device)
     metrics = split_names(args.metrics) if args.metrics else None
     check_metric_names(metrics)
@@ -75,7 +121,8 @@ def cmd_evaluate(args) -> int:
     results = evaluate(model, names, dataset, metrics=metrics, limit=args.limit, batch_size=args.batch_size,
                        steps=args.steps, baseline=args.baseline, randomize=args.randomize, layer=args.layer,
                        rank_by=args.rank_by, reference=not args.no_reference, chunk=args.chunk, seed=args.seed,
-                       pm=args.pm, dataset_name=described)
+                       pm=args.pm, dataset_name=described, tolerance=args.tolerance)
+    results.settings["arguments"] = {name: getattr(args, name) for name in RERUN_FLAGS}
     s = results.settings
     print(f"{model.name} on {described}, {s['images']} images, the predicted class explained; "
           f"ranked by {COLUMNS[results.rank_by][0]} ({'higher' if COLUMNS[results.rank_by][1] else 'lower'} is better)")
@@ -83,6 +130,10 @@ def cmd_evaluate(args) -> int:
     notes = [f"deletion/insertion: {s['steps']} steps, baseline {s['baseline']}"
              + (f" (sigma {s['blur_sigma']:.1f} px)" if s["blur_sigma"] else "")] if "deletion" in s["metrics"] \
         or "insertion" in s["metrics"] else []
+    if "pointing" in s["metrics"]:
+        notes.append(f"pointing: tolerance {s['pointing_tolerance']:.1f} px, any tied maximum")
+    if s.get("road_percentiles"):
+        notes.append(f"ROAD: percentiles {', '.join(str(p) for p in s['road_percentiles'])}, noise {s['road_noise']}")
     if s["randomized_layers"]:
         notes.append(f"randomised: {', '.join(s['randomized_layers'])}; FLAGGED when rand. spearman >= {s['flag_above']}")
     if notes:

@@ -13,8 +13,9 @@ for signed methods only its positive part counts as evidence) is scored by:
   ``Y`` the probability on the image and ``O`` the one on the image multiplied by ``M`` (pixel
   values, so ``M = 0`` is black), ``drop = 100 * mean(max(0, Y - O) / Y)`` (lower is better) and
   ``increase = 100 * mean(O > Y)`` (higher is better).
-* **pointing game** (Zhang et al., ECCV 2016): a hit when the map's maximum lies inside the region
-  (no tolerance); **energy-based pointing game** (Wang et al., Score-CAM, CVPRW 2020):
+* **pointing game** (Zhang et al., ECCV 2016): a hit when a maximum of ``M+`` lies within
+  ``tolerance`` pixels of the region (default 15 px at 224 px, scaled; any tied maximum counts);
+  **energy-based pointing game** (Wang et al., Score-CAM, CVPRW 2020):
   ``sum(M+ * region) / sum(M+)``. Regions are the synthetic dataset's ``object`` and ``part``
   masks, or CUB's bounding ``box``; a blank map scores 0.
 * **model-randomisation sanity check** (Adebayo et al., NeurIPS 2018): the top ``randomize``
@@ -24,6 +25,14 @@ for signed methods only its positive part counts as evidence) is scored by:
   the same classes, and the original and randomised maps are compared: Spearman rank correlation
   (of ``|M|`` for signed methods) and SSIM. A method whose mean rank correlation stays at or above
   ``flag_above`` (0.5) is **flagged**: its maps do not depend on what the model learnt.
+
+* **ROAD** (Rong et al., ICML 2022): the probability after noisy linear imputation of the most
+  (``road_morf``) or least (``road_lerf``) relevant pixels at a few percentiles, and
+  ``road = (road_lerf - road_morf) / 2``, as pytorch-grad-cam's ROAD metrics.
+* **infidelity** and **sensitivity** (Yeh et al., NeurIPS 2019) by ``captum.metrics``.
+
+Random draws (tie order, ROAD noise, captum's perturbations) come from a seed per image
+(:func:`image_seed`), so the numbers do not depend on the batch size.
 
 The ``random`` reference row is a map of uniform noise (a function of the image alone): what
 chance scores, and a method the sanity check must flag.
@@ -36,10 +45,12 @@ _HOME = {
                      "region_kinds", "regions_of"], "xviz.evaluation.driver"),
     **dict.fromkeys(["auc", "average_drop_increase", "class_probability", "energy_pointing", "make_baseline",
                      "mask_by_map", "perturbation_curves", "pixel_ranks", "pointing_game", "randomized_copy",
-                     "scoring_model", "spearman", "ssim"], "xviz.evaluation.metrics"),
+                     "scoring_model", "spearman", "ssim", "image_seed", "pointing_tolerance",
+                     "noisy_linear_imputation", "road_seed", "road_order_values", "road_probabilities",
+                     "infidelity_scores", "sensitivity_scores", "ROAD_PERCENTILES"], "xviz.evaluation.metrics"),
     **dict.fromkeys(["MethodScores", "Results"], "xviz.evaluation.results"),
     **dict.fromkeys(["Mistake", "find_mistakes"], "xviz.evaluation.mistakes"),
-    **dict.fromkeys(["BASELINES", "COLUMNS", "METRICS", "RANDOM"], "xviz.evaluation.names"),
+    **dict.fromkeys(["BASELINES", "COLUMNS", "DEFAULT_METRICS", "METRICS", "RANDOM"], "xviz.evaluation.names"),
 }
 __getattr__ = attributes_of(_HOME)  # imported on first use: the command's flags need only the names
 

@@ -17,10 +17,12 @@ from torch import nn
 from xviz import registry
 from xviz.capture import preserved_state
 from xviz.errors import XvizError
-from xviz.evaluation.metrics import (auc, average_drop_increase, class_probability,
-                                     energy_pointing, make_baseline, mask_by_map, perturbation_curves,
-                                     pointing_game, randomized_copy, scoring_model, spearman, ssim)
-from xviz.evaluation.names import BASELINES, COLUMNS, METRICS, RANDOM, check_metric_names
+from xviz.evaluation.metrics import (ROAD_NOISE, ROAD_PERCENTILES, auc, average_drop_increase, class_probability,
+                                     energy_pointing, image_seed, infidelity_scores, make_baseline, mask_by_map,
+                                     perturbation_curves, pixel_ranks, pointing_game, pointing_tolerance,
+                                     randomized_copy, road_probabilities, scoring_model, sensitivity_scores,
+                                     spearman, ssim)
+from xviz.evaluation.names import BASELINES, COLUMNS, DEFAULT_METRICS, METRICS, RANDOM, check_metric_names
 from xviz.evaluation.results import MethodScores, Results
 from xviz.explainer import explain_tensors, resolve_layer, resolve_methods
 from xviz.methods import Context, Method
@@ -136,7 +138,7 @@ def check_metrics(metrics: Sequence[str] | None, dataset, dataset_name: str = "t
     has_regions = bool(region_kinds(dataset))
     applicable = [m for m in METRICS if m != "pointing" or has_regions]
     if not metrics:
-        return applicable
+        return [m for m in applicable if m in DEFAULT_METRICS]
     check_metric_names(metrics)
     for m in metrics:
         if m not in applicable:
@@ -150,7 +152,9 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
              steps: int = 20, baseline: str = "blur", blur_sigma: float | None = None, randomize: int = 3,
              flag_above: float = 0.5, layer: str | None = None, rank_by: str | None = None,
              reference: bool = True, chunk: int = 256, seed: int = 0, mean=None, std=None, pm=None,
-             progress: bool = True, dataset_name: str = "the dataset", show_examples: int = 4) -> Results:
+             progress: bool = True, dataset_name: str = "the dataset", show_examples: int = 4,
+             tolerance: float | None = None, road_percentiles: Sequence[float] = ROAD_PERCENTILES,
+             infidelity_samples: int = 10, sensitivity_samples: int = 5) -> Results:
     """Measure each method's faithfulness on ``dataset`` (items ``(normalised image, label)``;
     ``masks(i)`` or ``box(i)`` enable the pointing games). See :mod:`xviz.evaluation` for the metrics.
 
@@ -161,7 +165,14 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     ``reference``: add the ``random`` map row; ``show_examples``: images kept for
     :meth:`Results.sanity_figure`; ``rank_by``: a column of :data:`COLUMNS` (default
     ``ins_minus_del``, insertion minus deletion AUC). ``mean``/``std``: the normalisation of a bare
-    module's inputs (a LoadedModel brings its own), used for black pixels.
+    module's inputs (a LoadedModel brings its own), used for black pixels. ``tolerance``: of the
+    pointing game, in pixels of the model input (default :func:`pointing_tolerance`, 15 px at 224 px);
+    ``road_percentiles``: ROAD's removal thresholds; ``infidelity_samples``/``sensitivity_samples``:
+    perturbations per image of captum's metrics.
+
+    Every random draw of an image (tie order, ROAD noise, captum's perturbations) comes from its own
+    seed, :func:`image_seed` of ``seed`` and its identity (dataset index, or file name for a folder),
+    so the numbers do not depend on ``batch_size`` or on which other images are evaluated with it.
     """
     from tqdm import tqdm
 
@@ -175,6 +186,9 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     if reference and RANDOM not in {m.name for m in use}:
         use = [*use, RandomMap()]
     run.methods, run.size = use, tuple(example.shape[-2:])
+    run.tolerance = pointing_tolerance(run.size) if tolerance is None else float(tolerance)
+    run.road_percentiles, run.infidelity_samples, run.sensitivity_samples = \
+        tuple(road_percentiles), infidelity_samples, sensitivity_samples
     if any(m.uses_layer for m in use):
         run.layer, _ = resolve_layer(run.module, layer, example, run.loaded.name if run.loaded else None, pm)
     randomized_layers = []
@@ -185,7 +199,8 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     started = time.perf_counter()
     bar = tqdm(total=len(indices), unit="img", desc="evaluating", disable=not progress, file=sys.stderr)
     with preserved_state(run.module):
-        run.scorer = scoring_model(run.module) if {"deletion", "insertion", "drop"} & set(run.metrics) else run.module
+        run.scorer = scoring_model(run.module) if {"deletion", "insertion", "drop", "road", "infidelity"} \
+            & set(run.metrics) else run.module
         for start in range(0, len(indices), batch_size):
             run.score_batch([int(i) for i in indices[start:start + batch_size]], tally)
             bar.update(len(indices[start:start + batch_size]))
@@ -193,6 +208,8 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     rows, criterion = _ranked(tally, flag_above, rank_by)
     settings = run.settings(dataset_name, len(indices), randomized_layers, flag_above,
                             skipped if methods is None else {}, time.perf_counter() - started)
+    settings.update(batch_size=batch_size, chunk=chunk, limit=limit, randomize=randomize, reference=reference,
+                    methods=[m.name for m in use], image_indices=[int(i) for i in indices])
     return Results(rows, criterion, settings, tally.examples)
 
 
@@ -268,6 +285,12 @@ class _Run:
         self.black = -self.mean / self.std
         self.device = next((p.device for p in self.module.parameters()), torch.device("cpu"))
         self.methods, self.size, self.layer, self.randomized, self.scorer = [], None, None, None, None
+        self.tolerance, self.road_percentiles, self.infidelity_samples, self.sensitivity_samples = 0.0, (), 0, 0
+
+    def identity(self, index: int):
+        """What names an image for its seed: its file name in a folder of images, else its dataset index."""
+        paths = getattr(self.dataset, "paths", None)
+        return Path(paths[index]).name if paths is not None else int(index)
 
     def score_batch(self, idx: list[int], tally: _Tally) -> None:
         x = torch.stack([self.dataset[i][0] for i in idx]).to(self.device)
@@ -280,13 +303,14 @@ class _Run:
         rand_maps = _randomized_maps(self.randomized, x, targets, self.methods, self.layer, self.pm) \
             if self.randomized is not None else {}
         show = self._keep_examples(x, targets, tally) if rand_maps else []
+        seeds = [image_seed(self.seed, self.identity(i)) for i in idx]
         for exp in exps:
             key = exp.method if exp.layer is None or sum(e.method == exp.method for e in exps) == 1 \
                 else f"{exp.method}:{exp.layer}"
             maps = torch.from_numpy(exp.maps[:, 0])
             if "deletion" in self.metrics or "insertion" in self.metrics:
                 curves = perturbation_curves(self.scorer, x, base, maps.to(self.device), targets, self.steps,
-                                             self.chunk, self.seed, full, empty)
+                                             self.chunk, seeds, full, empty)
                 for kind in ("deletion", "insertion"):
                     if kind in self.metrics:
                         tally.add(key, kind, auc(curves[kind]).sum())
@@ -298,11 +322,34 @@ class _Run:
                 tally.add(key, "average_drop", drop * len(idx))
                 tally.add(key, "increase", increase * len(idx))
             for kind, region in regions.items():
-                tally.add(key, f"pointing_{kind}", pointing_game(maps, region).double().sum())
+                tally.add(key, f"pointing_{kind}", pointing_game(maps, region, self.tolerance).double().sum())
                 tally.add(key, f"energy_{kind}", energy_pointing(maps, region).sum())
+            if "road" in self.metrics:
+                road = road_probabilities(self.scorer, x, pixel_ranks(maps, seeds), targets, seeds,
+                                          self.road_percentiles, ROAD_NOISE, self.chunk)
+                morf, lerf = road["morf"].double().mean(1), road["lerf"].double().mean(1)
+                tally.add(key, "road_morf", morf.sum())
+                tally.add(key, "road_lerf", lerf.sum())
+                tally.add(key, "road", ((lerf - morf) / 2).sum())
+            if "infidelity" in self.metrics:
+                tally.add(key, "infidelity", infidelity_scores(self.scorer, x, maps.clamp_min(0), targets, seeds,
+                                                               self.infidelity_samples).sum())
+            if "sensitivity" in self.metrics:
+                tally.add(key, "sensitivity", sensitivity_scores(self._explainer(exp), x, targets, seeds,
+                                                                 self.sensitivity_samples).sum())
             if rand_maps:
                 self._sanity(exp, key, rand_maps[(exp.method, exp.layer)], show, tally)
             tally.counts[key] = tally.counts.get(key, 0) + len(idx)
+
+    def _explainer(self, exp):
+        """``(inputs, target) -> (n, H, W)`` maps of the method (and layer) that made ``exp``."""
+        method = next(m for m in self.methods if m.name == exp.method)
+
+        def explain(inputs: torch.Tensor, target: int) -> torch.Tensor:
+            again = explain_tensors(self.model, inputs, [method], layer=self.layer, target=target, pm=self.pm)
+            same = next(e for e in again if e.layer == exp.layer)
+            return torch.from_numpy(same.maps[:, 0]).to(inputs)
+        return explain
 
     def _regions(self, idx: list[int]) -> dict[str, torch.Tensor]:
         per_image = [regions_of(self.dataset, i, self.pre, self.size) for i in idx]
@@ -349,12 +396,33 @@ class _Run:
             "randomized_layers": randomized_layers,
             "flag_above": flag_above,
             "seed": self.seed,
+            "tie_breaking": "per image: seed = sha256(f'{seed}:{identity}'), identity = dataset index or file name",
+            "pointing_tolerance": self.tolerance,
+            "pointing_ties": "a hit when any tied maximum of the positive map lies within the tolerance",
+            "road_percentiles": list(self.road_percentiles) if "road" in self.metrics else None,
+            "road_noise": ROAD_NOISE if "road" in self.metrics else None,
+            "infidelity_samples": self.infidelity_samples if "infidelity" in self.metrics else None,
+            "sensitivity_samples": self.sensitivity_samples if "sensitivity" in self.metrics else None,
             "skipped_methods": skipped,
             "seconds": round(seconds, 1),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
-            "versions": library_versions(),
+            "versions": {**library_versions(), **metric_library_versions()},
         }
+
+
+def metric_library_versions() -> dict[str, str]:
+    """Versions of the libraries whose numerics the metrics use (captum's metrics, scipy's sparse solver and
+    ranks, skimage's SSIM, numpy's percentiles)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("captum", "scipy", "scikit-image", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def _ranked(tally: _Tally, flag_above: float, rank_by: str | None) -> tuple[list[MethodScores], str]:
@@ -368,7 +436,7 @@ def _ranked(tally: _Tally, flag_above: float, rank_by: str | None) -> tuple[list
         flagged = bool(values["sanity_spearman"] >= flag_above) if "sanity_spearman" in values else None
         rows.append(MethodScores(key, values, {c: (v / k).numpy() for c, v in tally.curves.get(key, {}).items()},
                                  flagged, k))
-    criterion = rank_by or next((c for c in ("ins_minus_del", "deletion", "insertion", "average_drop",
+    criterion = rank_by or next((c for c in ("ins_minus_del", "deletion", "insertion", "road", "average_drop",
                                              "energy_object", "energy_box", "sanity_spearman")
                                  if all(c in r.values for r in rows)), None)
     if criterion not in COLUMNS or not all(criterion in r.values for r in rows):

@@ -2,7 +2,9 @@
 
 from xviz.errors import XvizError
 
-METRICS = ("deletion", "insertion", "drop", "pointing", "sanity")
+METRICS = ("deletion", "insertion", "drop", "pointing", "sanity", "road", "infidelity", "sensitivity")
+# computed unless --metrics names others; sensitivity explains every image again per perturbation (slow)
+DEFAULT_METRICS = tuple(m for m in METRICS if m != "sensitivity")
 BASELINES = ("blur", "mean", "black", "zero")
 RANDOM = "random"
 
@@ -19,6 +21,11 @@ COLUMNS = {
     "energy_part": ("energy part", True),
     "pointing_box": ("pointing box", True),
     "energy_box": ("energy box", True),
+    "road": ("ROAD (lerf-morf)/2", True),
+    "road_morf": ("ROAD morf", False),
+    "road_lerf": ("ROAD lerf", True),
+    "infidelity": ("infidelity", False),
+    "sensitivity": ("sensitivity max", False),
     "sanity_spearman": ("rand. spearman", False),
     "sanity_ssim": ("rand. SSIM", False),
 }

@@ -174,6 +174,9 @@ class Results:
 
 
 def _fmt(value, digits: int = 3) -> str:
+    """``digits`` decimals; a value too small for them (infidelity is often ~1e-6) in scientific notation."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if value != 0 and abs(value) < 10 ** -digits:
+        return f"{value:.{max(digits - 1, 1)}e}"
     return f"{value:.{digits}f}"
