@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 from xviz import hookimpl
-from xviz.commands import add_model_flags
+from xviz.commands import add_model_flags, model_arguments
 from xviz.console import table
 
 
@@ -65,8 +65,8 @@ def cmd_layers(args) -> int:
     from xviz.explainer import resolve_layer
     from xviz.models import load_model
 
-    weights = args.weights or "none"  # names and shapes do not depend on the weights: nothing to download
-    model = load_model(args.model, weights=weights, checkpoint=args.checkpoint, pm=args.pm)
+    arguments = model_arguments(args)  # names and shapes do not depend on the weights: nothing to download
+    model = load_model(**{**arguments, "weights": args.weights or "none"})
     size = model.preprocessing.crop or model.preprocessing.resize or 224
     example = torch.zeros(1, 3, size, size)
     default, _ = resolve_layer(model.module, None, example, model.name, args.pm)
