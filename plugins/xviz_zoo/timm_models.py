@@ -9,7 +9,7 @@ from __future__ import annotations
 from xviz.errors import XvizError
 from xviz.images import Preprocessing
 from xviz.models import LoadedModel
-from xviz.specs import ModelSpec
+from xviz.specs import ModelSpec, lazy
 
 
 def _timm():
@@ -30,13 +30,18 @@ def timm_spec(name: str) -> ModelSpec:
                         "`timm.list_models()` lists them")
     return ModelSpec(
         name=f"timm:{name}",
-        build=lambda num_classes, **options: _create(name, False, num_classes, options),
-        preprocessing=lambda: preprocessing(name),
-        class_names=lambda: class_names(name),
+        build=lazy("xviz_zoo.timm_models:build", name),
+        preprocessing=lazy("xviz_zoo.timm_models:preprocessing", name),
+        class_names=lazy("xviz_zoo.timm_models:class_names", name),
         summary=f"timm {name}",
-        pretrained=lambda weights: pretrained(name, weights),
+        pretrained=lazy("xviz_zoo.timm_models:pretrained", name),
         family="timm",
     )
+
+
+def build(name: str, num_classes: int, **options):
+    """timm ``name`` with random weights and ``num_classes`` outputs."""
+    return _create(name, False, num_classes, options)
 
 
 def _create(name: str, pretrained: bool, num_classes: int | None = None, options: dict | None = None):

@@ -32,11 +32,15 @@ def cmd_models(args) -> int:
 
     specs = registry.models(args.pm)
     if args.classes:
-        spec = registry.lookup(specs, args.classes, "model", "xviz models")
+        from xviz.models import resolve_spec
+
+        spec = resolve_spec(args.classes, specs, args.pm)
         for i, name in enumerate(spec.class_names):
             print(f"{i}\t{name}")
         return 0
     print(table([[n, s.num_classes, s.summary] for n, s in sorted(specs.items())], ["model", "classes", "summary"]))
+    print("also: any torchvision classifier by name (e.g. regnet_y_400mf, swin_t), timm:NAME (with timm installed) "
+          "and path/to/file.py:factory (your own module; options via --model-option K=V)")
     _warn_clashes(specs)
     return 0
 
