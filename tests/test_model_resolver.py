@@ -195,3 +195,24 @@ def test_timm_missing_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(XvizError, match=r"pip install 'xviz\[timm\]'"):
         load_model("timm:resnet18", weights="none", pm=PM)
+
+
+def test_a_plugin_resolves_model_names_of_its_own(pm):
+    from xviz import hookimpl
+    from xviz.images import Preprocessing
+    from xviz.specs import ModelSpec
+
+    class Prefixed:
+        @hookimpl
+        def xviz_resolve_model(self, name):
+            if not name.startswith("lab:"):
+                return None
+            width = int(name.removeprefix("lab:"))
+            return ModelSpec(name, lambda num_classes: torch.nn.Sequential(
+                torch.nn.Conv2d(3, width, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                torch.nn.Linear(width, num_classes)), Preprocessing(32, 32, (0.5,) * 3, (0.5,) * 3), ("a", "b"))
+
+    pm.register(Prefixed(), name="lab")
+    loaded = load_model("lab:6", weights="none", pm=pm)
+    assert loaded.name == "lab:6" and loaded.module[0].out_channels == 6 and loaded.class_names == ["a", "b"]
+    assert load_model("resnet18", weights="none", size=32, pm=pm).name == "resnet18"  # the zoo still answers
