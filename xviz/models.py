@@ -124,7 +124,7 @@ def _from_factory(reference: str, weights: str, options: dict, num_classes: int 
     if not isinstance(module, nn.Module):
         raise XvizError(f"`{reference}` returned a {type(module).__name__}, not a torch.nn.Module")
     preprocessing = IMAGENET_PREPROCESSING
-    source = "random initialisation"
+    source = f"as {attr}() made it"  # DEFAULT and none: the factory decides (random, or weights it loads itself)
     if weights.lower() not in ("none", "default"):
         state = _unwrap_state(read_checkpoint(weights))
         _load_state(module, state, reference, Path(weights))
