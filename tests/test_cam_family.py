@@ -287,3 +287,23 @@ def test_cli_explain_several_layers(run_cli, tmp_path):
     assert code == 0, err
     written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert written == ["0_eigencam.png", "0_gradcam.png", "1_eigencam.png", "1_gradcam.png"]
+
+
+def test_xgradcam_warns_once_on_signed_activations_and_not_after_a_relu():
+    import warnings
+
+    import torchvision
+
+    from xviz.explainer import explain_tensors
+    from xviz_cam.methods import SignedActivationsWarning
+
+    torch.manual_seed(0)
+    mobilenet = torchvision.models.mobilenet_v3_small(num_classes=4).eval()  # Hardswish: signed `features`
+    inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(SignedActivationsWarning, match="layer `features` has negative activations.*use gradcam"):
+        explain_tensors(mobilenet, inputs, ["xgradcam"], layer="features")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SignedActivationsWarning)
+        explain_tensors(mobilenet, inputs, ["xgradcam"], layer="features")  # once per model and layer
+        resnet = torchvision.models.resnet18(num_classes=4).eval()  # layer4 ends in a ReLU
+        explain_tensors(resnet, inputs, ["xgradcam"], layer="layer4")

@@ -20,6 +20,7 @@ _LAZY = {
     "Explanation": "xviz.explanation",
     "load_model": "xviz.models",
     "LoadedModel": "xviz.models",
+    "Preprocessing": "xviz.images",
     "ModelSpec": "xviz.specs",
     "Method": "xviz.methods",
     "MethodSpec": "xviz.specs",

@@ -68,6 +68,8 @@ def read_checkpoint(path) -> dict:
         return data
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         return data
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # {"model": state_dict, "epoch": ...}
+        return {"state_dict": data["model"], **{k: v for k, v in data.items() if k != "model"}}
     if isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values()):
         return {"state_dict": data}
     raise XvizError(f"`{path}` holds no model weights (expected an xviz checkpoint or a state dict)")

@@ -202,6 +202,9 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
             inputs = inputs.clone()
         logits, activations, observed = _shared_forward(module, inputs, chosen, layer_names)
         class_names = (list(loaded.class_names) if loaded else []) or [str(i) for i in range(logits.shape[1])]
+        if len(class_names) != logits.shape[1]:
+            raise XvizError(f"{len(class_names)} class names are given but the model scores {logits.shape[1]} "
+                            "classes: give one name per output")
         targets = resolve_targets(logits.detach(), target, topk, class_names)
         layer_name = layer_names[0] if layer_names else None
         ctx = Context(module, inputs, logits, targets, layer_name, activations.get(layer_name), layers=activations)
@@ -323,14 +326,79 @@ class Batch:
 
 
 def _input_name(image) -> str:
-    return (getattr(image, "filename", "") or "") if isinstance(image, Image.Image) else str(image)
+    if isinstance(image, Image.Image):
+        return getattr(image, "filename", "") or ""
+    return "" if isinstance(image, (np.ndarray, torch.Tensor)) else str(image)
+
+
+def to_pil(image) -> Image.Image:
+    """An RGB PIL image from a PIL image, an (H, W[, 3|4]) numpy array or a (3|1, H, W) tensor; arrays of
+    floats are read as [0, 1], of integers as [0, 255]."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+            raise XvizError(f"an image tensor must be (3, H, W), got shape {tuple(image.shape)}; a preprocessed "
+                            "batch goes to xviz.explain_tensors")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise XvizError(f"an image array must be (H, W) or (H, W, 3), got shape {array.shape}")
+    if array.dtype.kind == "f":
+        if array.size and (array.min() < -1e-3 or array.max() > 1 + 1e-3):
+            raise XvizError("a float image array must hold values in [0, 1] (pixels / 255), not normalised "
+                            "values: xviz normalises with the model's preprocessing")
+        array = np.rint(np.clip(array, 0, 1) * 255)
+    return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+
+
+def as_loaded(model, preprocess=None, class_names=None) -> LoadedModel:
+    """``model`` as a :class:`LoadedModel`: a plain ``nn.Module`` gets ``preprocess`` (a
+    :class:`xviz.images.Preprocessing`, a dict of its fields, or a torchvision weights' ``transforms()``;
+    default ImageNet's, with a warning) and ``class_names`` (default ``"0"``, ``"1"``, ...)."""
+    from xviz.images import Preprocessing
+    from xviz.models import IMAGENET_PREPROCESSING
+
+    if isinstance(model, LoadedModel):
+        if preprocess is None and class_names is None:
+            return model
+        return replace(model, preprocessing=_preprocessing(preprocess) if preprocess is not None else model.preprocessing,
+                       class_names=list(class_names) if class_names is not None else model.class_names)
+    if not isinstance(model, nn.Module):
+        raise XvizError(f"explain() takes a torch.nn.Module or xviz.load_model(...), not {type(model).__name__}")
+    if preprocess is None:
+        warnings.warn("no preprocess= given: using ImageNet preprocessing (resize 256, center crop 224, ImageNet mean "
+                      "and std); pass preprocess=xviz.Preprocessing(...) if the model was trained otherwise",
+                      stacklevel=4)
+    pre = IMAGENET_PREPROCESSING if preprocess is None else _preprocessing(preprocess)
+    assert isinstance(pre, Preprocessing)
+    return LoadedModel(model, type(model).__name__, list(class_names or []), pre, "the module given")
+
+
+def _preprocessing(preprocess):
+    from xviz.images import Preprocessing
+
+    if isinstance(preprocess, Preprocessing):
+        return preprocess
+    if isinstance(preprocess, dict):
+        from xviz.models import IMAGENET_PREPROCESSING
+
+        return Preprocessing.from_dict({**IMAGENET_PREPROCESSING.to_dict(), **preprocess})
+    if hasattr(preprocess, "crop_size") and hasattr(preprocess, "mean"):
+        return Preprocessing.from_transforms(preprocess)
+    raise XvizError(f"preprocess= must be an xviz.Preprocessing, a dict of its fields (resize, crop, mean, std) or a "
+                    f"torchvision weights' transforms(), not {type(preprocess).__name__}")
 
 
 def _read_views(model: LoadedModel, images, skip_unreadable: bool):
     names, views, skipped = [], [], []
     for item in images:
         try:
-            image = item if isinstance(item, Image.Image) else read_image(item)
+            image = to_pil(item) if isinstance(item, (Image.Image, np.ndarray, torch.Tensor)) else read_image(item)
         except XvizError as exc:
             if not skip_unreadable:
                 raise
@@ -341,21 +409,20 @@ def _read_views(model: LoadedModel, images, skip_unreadable: bool):
     return names, views, skipped
 
 
-def explain_batches(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+def explain_batches(model: LoadedModel | nn.Module, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
                     layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16,
-                    pm=None, skip_unreadable: bool = False) -> Iterator[Batch]:
-    """Explain image files (or PIL images) with the model's own preprocessing, ``batch_size`` at a time:
-    one :class:`Batch` per batch, all methods sharing one pass (:func:`explain_tensors`). The layer is
-    chosen once, on the first batch. ``skip_unreadable``: an image that cannot be read is reported in
-    ``Batch.skipped`` instead of raising."""
-    if isinstance(images, (str, Path, Image.Image)):
+                    pm=None, skip_unreadable: bool = False, preprocess=None, class_names=None) -> Iterator[Batch]:
+    """Explain images (paths, PIL images, (H, W, 3) arrays or (3, H, W) tensors of pixels) with the
+    model's own preprocessing, ``batch_size`` at a time: one :class:`Batch` per batch, all methods sharing
+    one pass (:func:`explain_tensors`). The layer is chosen once, on the first batch. ``skip_unreadable``:
+    an image that cannot be read is reported in ``Batch.skipped`` instead of raising. A plain module
+    takes ``preprocess``/``class_names`` (see :func:`as_loaded`)."""
+    if isinstance(images, (str, Path, Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
         images = [images]
     if isinstance(methods, (str, Method)):
         methods = [methods]
-    if not isinstance(model, LoadedModel):
-        raise XvizError("explain() needs a LoadedModel (xviz.load_model(...)) to know the preprocessing; "
-                        "for a bare nn.Module and a preprocessed batch use xviz.explainer.explain_tensors")
-    if not images:
+    model = as_loaded(model, preprocess, class_names)
+    if images is None or len(images) == 0:
         raise XvizError("no images given to explain")
     if batch_size < 1:
         raise XvizError(f"batch_size {batch_size} must be at least 1")
@@ -376,18 +443,23 @@ def explain_batches(model: LoadedModel, images: Sequence, methods: Sequence[str 
         yield Batch(names, views, explanations, skipped, choice)
 
 
-def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
-            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
-    """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
-    method covering all images (the batches of :func:`explain_batches`, joined)."""
+def explain(model: LoadedModel | nn.Module, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None,
+            preprocess=None, class_names=None) -> list[Explanation]:
+    """Explain images (paths, PIL images, arrays or tensors of pixels) with a loaded model or any
+    ``nn.Module`` (``preprocess=``, ``class_names=``: see :func:`as_loaded`); one Explanation per method
+    covering all images (the batches of :func:`explain_batches`, joined), holding the images as the
+    model saw them for :meth:`Explanation.plot` and :meth:`Explanation.save`."""
     parts: list[list[Explanation]] = []
+    views: list = []
     for batch in explain_batches(model, images, methods, layer=layer, target=target, topk=topk,
-                                 batch_size=batch_size, pm=pm):
+                                 batch_size=batch_size, pm=pm, preprocess=preprocess, class_names=class_names):
         if not parts and batch.layer is not None and batch.layer.how == "last spatial":
             warnings.warn(f"explaining layer `{batch.layer.name}`, the last with a spatial output; pass layer= "
                           "to choose another", stacklevel=2)
         parts.append(batch.explanations)
-    return [concat(list(group)) for group in zip(*parts)]
+        views.extend(batch.views)
+    return [replace(concat(list(group)), images=tuple(views)) for group in zip(*parts)]
 
 
 def concat(explanations: list[Explanation]) -> Explanation:

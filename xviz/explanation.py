@@ -46,6 +46,7 @@ class Explanation:
     inputs: tuple[str, ...] = ()
     signed: bool = False
     versions: dict = field(default_factory=dict)
+    images: tuple = field(default=(), repr=False, compare=False)  # the inputs as the model saw them (PIL), if known
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -59,8 +60,51 @@ class Explanation:
         return self.maps[i, k]
 
     def save(self, directory: str | Path, cmap: str | None = None) -> list[Path]:
-        """Write ``<input>_<method>[_top<k>-<target>].png`` (colormapped map) per image and target, and
-        ``<method>.npy`` holding ``maps``; returns the paths written (:func:`xviz.outputs.save_maps`)."""
+        """Write ``<input>_<method>[_top<k>-<target>].png`` per image and target (the map over the image as
+        the model saw it; the colormapped map alone when the images are not known, as from
+        ``explain_tensors``), and ``<method>.npy`` holding ``maps``; returns the paths written
+        (:func:`xviz.outputs.save_maps`)."""
         from xviz.outputs import save_maps
 
         return save_maps(self, directory, cmap)
+
+    def titles(self) -> list[str]:
+        """One title per (image, target), row-major: ``<input>: <target> (<prob>)``, plus the prediction
+        when the target is another class."""
+        out = []
+        for i in range(len(self)):
+            stem = Path(self.inputs[i]).name if i < len(self.inputs) and self.inputs[i] else f"image {i}"
+            for k in range(self.topk):
+                title = f"{stem}: {self.target_names[i][k]} ({self.scores[i, k]:.2f})"
+                if self.targets[i, k] != self.predictions[i]:
+                    title += f"\npredicted {self.prediction_names[i]} ({self.prediction_scores[i]:.2f})"
+                out.append(title)
+        return out
+
+    def plot(self, alpha: float = 0.5, cmap: str | None = None, ncols: int | None = None):
+        """A matplotlib figure: one overlay per image and target, titled with the target, its probability
+        and (when it differs) the prediction."""
+        from xviz.render import DEFAULT_CMAP, DEFAULT_SIGNED_CMAP, grid
+
+        h, w = self.maps.shape[-2:]
+        blank = np.zeros((h, w, 3), dtype=np.uint8)
+        images = [self.images[i] if i < len(self.images) else blank for i in range(len(self)) for _ in range(self.topk)]
+        heatmaps = [self.maps[i, k] for i in range(len(self)) for k in range(self.topk)]
+        cmap = cmap or (DEFAULT_SIGNED_CMAP if self.signed else DEFAULT_CMAP)
+        fig = grid(images, heatmaps, self.titles(), ncols=ncols or max(self.topk, min(4, len(heatmaps))),
+                   alpha=alpha, cmap=cmap, signed=self.signed)
+        fig.suptitle(f"{self.method}" + (f" at {self.layer}" if self.layer else "") + f" ({self.model})", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows an Explanation as the figure of :meth:`plot`."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        fig = self.plot()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        plt.close(fig)
+        return buffer.getvalue()

@@ -85,6 +85,18 @@ def xviz_default_target_layer(model, model_name):
     """
 
 
+@hookspec(firstresult=True)
+def xviz_resolve_model(name):
+    """Make a model spec for a ``--model`` name that no plugin registers (e.g. any torchvision
+    classifier, ``timm:NAME``), so families too large to list are still resolved by name.
+
+    :param name: the name as the user gave it.
+    :returns: an :class:`xviz.specs.ModelSpec`, or ``None`` when the name is not this plugin's.
+        Stops at the first non-``None`` result. May raise :class:`xviz.errors.XvizError` for a name
+        that is this plugin's but cannot be used (e.g. a library not installed).
+    """
+
+
 @hookspec
 def xviz_register_commands(subparsers):
     """Add subcommands to the ``xviz`` command line (every built-in command is added this way too).

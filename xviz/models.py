@@ -36,30 +36,186 @@ class LoadedModel:
 
 
 def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint: str | Path | None = None,
-               pm=None) -> LoadedModel:
+               pm=None, num_classes: int | None = None, classes=None, options: dict | None = None,
+               size: int | None = None, resize: int | None = None, mean=None, std=None) -> LoadedModel:
     """Resolve a model by name and weights, or from an xviz checkpoint.
 
-    ``weights``: ``"DEFAULT"`` (or another named set) for the model's pretrained weights,
-    ``"none"`` for random initialisation, or a path to a checkpoint / state dict of this
-    architecture.
+    ``name``: a registered model (``xviz models``), any torchvision classifier, ``timm:NAME``, or
+    ``path/to/file.py:factory`` (a callable returning an ``nn.Module``, called with ``options``).
+    ``weights``: ``"DEFAULT"`` (or another named set) for the model's pretrained weights, ``"none"``
+    for random initialisation, or a path to an xviz checkpoint or a state dict (plain, wrapped in
+    ``{"state_dict": ...}`` or ``{"model": ...}``, ``module.`` prefixes allowed). The classifier's size
+    is read from the file (or ``num_classes``) and the head built to match. ``classes``: class names,
+    a list or a file (one per line, or a JSON list). ``size``/``resize``/``mean``/``std`` override the
+    preprocessing (``size``: the square crop; alone it also sets the resize).
     """
-    loaded = _load(name, "none" if weights is None else str(weights), checkpoint, registry.models(pm))
+    weights = "none" if weights is None else str(weights)
+    if name and is_factory_reference(name):
+        loaded = _from_factory(name, weights, dict(options or {}), num_classes)
+    else:
+        if options:
+            raise XvizError("--model-option applies to a model from a file (path/to/file.py:factory)")
+        loaded = _load(name, weights, checkpoint, registry.models(pm), num_classes, pm)
+    if classes is not None:
+        loaded.class_names = read_class_names(classes, len(loaded.class_names))
+    loaded.preprocessing = override_preprocessing(loaded.preprocessing, size=size, resize=resize, mean=mean, std=std)
     loaded.module.eval()
     return loaded
 
 
-def _load(name, weights, checkpoint, specs) -> LoadedModel:
+def _load(name, weights, checkpoint, specs, num_classes=None, pm=None) -> LoadedModel:
     if checkpoint is not None:
         return load_checkpoint(checkpoint, specs)
     if name is None:
         raise XvizError("no model given: use --model NAME (see `xviz models`) or --checkpoint PATH")
-    spec = registry.lookup(specs, name, "model", "xviz models")
+    spec = resolve_spec(name, specs, pm)
     if weights.lower() == "none":
-        return LoadedModel(spec.build(len(spec.class_names)), spec.name, list(spec.class_names), spec.preprocessing,
-                           "random initialisation")
+        count = num_classes or len(spec.class_names)
+        names = list(spec.class_names) if count == len(spec.class_names) else [str(i) for i in range(count)]
+        return LoadedModel(spec.build(count), spec.name, names, spec.preprocessing, "random initialisation")
     if is_weights_file(weights):
-        return _load_weights_file(spec, Path(weights), specs)
+        return _load_weights_file(spec, Path(weights), specs, num_classes)
+    if num_classes is not None and num_classes != len(spec.class_names):
+        raise XvizError(f"`--num-classes {num_classes}` needs weights of that size: give --weights PATH or --weights none")
     return pretrained(spec, weights)
+
+
+def resolve_spec(name: str, specs: dict[str, ModelSpec], pm=None) -> ModelSpec:
+    """The registered model ``name``, else what a plugin's ``xviz_resolve_model`` makes of it (every
+    torchvision classifier, ``timm:NAME``), else an unknown-model error with the closest names."""
+    if name in specs or name in getattr(specs, "clashes", {}):
+        return registry.lookup(specs, name, "model", "xviz models")
+    found = (pm or registry.default_plugin_manager()).hook.xviz_resolve_model(name=name)
+    if found is not None:
+        return found
+    return registry.lookup(specs, name, "model", "xviz models")
+
+
+def is_factory_reference(name: str) -> bool:
+    """Whether ``--model`` names a Python file and a callable in it (``path/to/file.py:factory``)."""
+    path, sep, attr = name.rpartition(":")
+    return bool(sep) and path.endswith(".py") and attr.isidentifier()
+
+
+def _from_factory(reference: str, weights: str, options: dict, num_classes: int | None) -> LoadedModel:
+    """Call ``factory(**options)`` from a user's file; check it makes a classifier; load ``weights``."""
+    import importlib.util
+
+    path, _, attr = reference.rpartition(":")
+    if not Path(path).is_file():
+        raise XvizError(f"model file `{path}` does not exist: give path/to/file.py:factory")
+    spec = importlib.util.spec_from_file_location(f"xviz_user_model_{Path(path).stem}", path)
+    module_file = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module_file)
+    except Exception as exc:
+        raise XvizError(f"importing `{path}` failed ({type(exc).__name__}: {exc}): fix the file") from None
+    factory = getattr(module_file, attr, None)
+    if not callable(factory):
+        raise XvizError(f"`{path}` has no callable `{attr}`: give path/to/file.py:FACTORY, a function or class "
+                        "returning an nn.Module")
+    if num_classes is not None:
+        options.setdefault("num_classes", num_classes)
+    try:
+        module = factory(**options)
+    except Exception as exc:
+        raise XvizError(f"`{reference}({', '.join(f'{k}={v!r}' for k, v in options.items())})` raised "
+                        f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(module, nn.Module):
+        raise XvizError(f"`{reference}` returned a {type(module).__name__}, not a torch.nn.Module")
+    preprocessing = IMAGENET_PREPROCESSING
+    source = f"as {attr}() made it"  # DEFAULT and none: the factory decides (random, or weights it loads itself)
+    if weights.lower() not in ("none", "default"):
+        state = _unwrap_state(read_checkpoint(weights))
+        _load_state(module, state, reference, Path(weights))
+        source = weights
+    count = output_classes(module, preprocessing, reference)
+    return LoadedModel(module, reference, [str(i) for i in range(count)], preprocessing, source)
+
+
+def output_classes(module: nn.Module, preprocessing: Preprocessing, name: str) -> int:
+    """How many classes ``module`` scores: its output on one blank input must be (1, classes) logits."""
+    from xviz.capture import first_output, preserved_state
+
+    side = preprocessing.crop or preprocessing.resize or 224
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    example = torch.zeros(1, 3, side, side, device=reference.device if reference is not None else "cpu")
+    try:
+        with torch.no_grad(), preserved_state(module):
+            module.eval()
+            out = first_output(module(example))
+    except Exception as exc:
+        raise XvizError(f"model `{name}` failed on a (1, 3, {side}, {side}) input ({type(exc).__name__}: {exc}): "
+                        "it must take (N, 3, H, W) images (set the size with --size)") from None
+    if not torch.is_tensor(out) or out.dim() != 2:
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise XvizError(f"model `{name}` returns {shape}, not (N, classes) logits: xviz explains classifiers")
+    return int(out.shape[1])
+
+
+IMAGENET_PREPROCESSING = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def override_preprocessing(pre: Preprocessing, size=None, resize=None, mean=None, std=None) -> Preprocessing:
+    """``pre`` with the given fields replaced; ``size`` sets the crop and, without ``resize``, the resize too."""
+    from dataclasses import replace
+
+    changes = {}
+    for flag, value in (("size", size), ("resize", resize)):
+        if value is not None and int(value) < 1:
+            raise XvizError(f"`--{flag} {value}` must be a positive number of pixels")
+    if size is not None:
+        changes.update(crop=int(size), resize=int(size))
+    if resize is not None:
+        changes["resize"] = int(resize)
+    for flag, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            values = _floats(value, flag)
+            if flag == "std" and any(v <= 0 for v in values):
+                raise XvizError(f"`--std {value}` must be positive")
+            changes[flag] = values
+    return replace(pre, **changes) if changes else pre
+
+
+def _floats(value, flag: str) -> tuple[float, ...]:
+    parts = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        raise XvizError(f"`--{flag} {value}` must be three numbers, e.g. 0.485,0.456,0.406") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise XvizError(f"`--{flag} {value}` must be one or three numbers (one per RGB channel)")
+    return values
+
+
+def read_class_names(classes, count: int) -> list[str]:
+    """Class names from a list or a file (one per line, or a JSON list); their number must be ``count``."""
+    import json
+
+    source = "the class names"
+    if isinstance(classes, (str, Path)):
+        path, source = Path(classes), f"`{classes}`"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise XvizError(f"cannot read the classes file `{path}` ({exc.strerror or exc}): check the path") from None
+        if text.lstrip().startswith("["):
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise XvizError(f"`{path}` is not valid JSON ({exc.msg}, line {exc.lineno}): give a JSON list "
+                                "or one class name per line") from None
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = list(classes)
+    names = [str(n) for n in names]
+    if len(names) != count:
+        raise XvizError(f"{source} {'names' if source.startswith('`') else 'are'} {len(names)} classes but the model "
+                        f"has {count}: give one name per class")
+    return names
 
 
 def is_weights_file(weights: str) -> bool:
@@ -94,39 +250,75 @@ def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None)
     return loaded
 
 
-def _load_weights_file(spec: ModelSpec, path: Path, specs) -> LoadedModel:
+def _load_weights_file(spec: ModelSpec, path: Path, specs, num_classes: int | None = None) -> LoadedModel:
     data = read_checkpoint(path)
     arch = data.get("arch")
     if arch is not None and arch != spec.name:
         raise XvizError(f"`{path}` holds weights of model `{arch}`, not `{spec.name}`: use --model {arch} "
                         f"or --checkpoint {path}")
-    return _assemble(spec, data, path)
+    if arch is None:
+        data = {**data, "state_dict": _unwrap_state(data)}
+        if num_classes is None:
+            num_classes = _classes_in_state(spec, data["state_dict"])
+    return _assemble(spec, data, path, num_classes)
 
 
-def _assemble(spec: ModelSpec, data: dict, path: Path) -> LoadedModel:
-    class_names = list(data.get("class_names") or spec.class_names)
-    state = data["state_dict"]
-    module = spec.build(len(class_names), **dict(data.get("arch_options") or {}))
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
-    result = module.load_state_dict(state, strict=False)
-    shape_errors = [k for k, v in state.items()
-                    if k in module.state_dict() and module.state_dict()[k].shape != v.shape]
-    if result.missing_keys or result.unexpected_keys or shape_errors:
-        raise XvizError(_mismatch_message(spec.name, path, result, shape_errors))
+def _unwrap_state(data: dict) -> dict:
+    """The state dict inside ``{"state_dict": ...}`` / ``{"model": ...}``, without ``module.`` prefixes."""
+    state = data.get("state_dict", data)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise XvizError("the weights file holds no state dict (expected tensors by name, or "
+                        "{'state_dict': ...} / {'model': ...})")
+    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _classes_in_state(spec: ModelSpec, state: dict) -> int | None:
+    """The class count the weights were trained for: the output size of the tensors that differ from
+    ``spec``'s default model only in their first dimension, where that is the default class count."""
+    default = len(spec.class_names)
+    own = spec.build(default).state_dict()
+    sizes = {v.shape[0] for k, v in state.items() if k in own and own[k].shape != v.shape and v.dim() >= 1
+             and own[k].shape[0] == default and own[k].shape[1:] == v.shape[1:]}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _assemble(spec: ModelSpec, data: dict, path: Path, num_classes: int | None = None) -> LoadedModel:
+    class_names = list(data.get("class_names") or [])
+    count = num_classes or len(class_names) or len(spec.class_names)
+    if not class_names:
+        class_names = list(spec.class_names) if count == len(spec.class_names) else [str(i) for i in range(count)]
+    module = spec.build(count, **dict(data.get("arch_options") or {}))
+    _load_state(module, data["state_dict"], spec.name, path)
     pre = data.get("preprocessing")
     preprocessing = Preprocessing.from_dict(pre) if pre else spec.preprocessing
     meta = {k: v for k, v in data.items() if k != "state_dict"}
     return LoadedModel(module, spec.name, class_names, preprocessing, str(path), meta)
 
 
-def _mismatch_message(name: str, path: Path, result, shape_errors) -> str:
+def _load_state(module: nn.Module, state: dict, name: str, path: Path) -> None:
+    """Load ``state`` into ``module`` strictly; a mismatch is one line naming a tensor."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
+    own = module.state_dict()
+    shape_errors = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if shape_errors:
+        k = shape_errors[0]
+        more = f" (and {len(shape_errors) - 1} more)" if len(shape_errors) > 1 else ""
+        raise XvizError(f"the weights in `{path}` do not fit model `{name}`: tensor `{k}` has shape "
+                        f"{tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model{more}; "
+                        "pick the matching --model, or set the class count with --num-classes")
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise XvizError(_mismatch_message(name, path, result))
+
+
+def _mismatch_message(name: str, path: Path, result) -> str:
     parts = []
     if result.missing_keys:
         parts.append(f"{len(result.missing_keys)} missing (e.g. `{result.missing_keys[0]}`)")
     if result.unexpected_keys:
         parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. `{result.unexpected_keys[0]}`)")
-    if shape_errors:
-        parts.append(f"{len(shape_errors)} of another shape (e.g. `{shape_errors[0]}`)")
     return (f"the weights in `{path}` do not fit model `{name}`: {', '.join(parts)}; "
             "they belong to another architecture: pick the matching --model")
 

@@ -57,17 +57,21 @@ def save_npy(array: np.ndarray, path: Path) -> Path:
     return atomic_write(path, lambda tmp: np.save(tmp, np.asarray(array)))
 
 
-def save_maps(exp, directory: str | Path, cmap: str | None = None) -> list[Path]:
-    """``<input>_<method>[_top<k>-<target>].png`` (the colormapped map) per image and target, and
+def save_maps(exp, directory: str | Path, cmap: str | None = None, alpha: float = 0.5) -> list[Path]:
+    """``<input>_<method>[_top<k>-<target>].png`` per image and target: the map over the image as the
+    model saw it (``exp.images``), or the colormapped map alone when the images are not known; and
     ``<method>.npy`` holding ``exp.maps``; returns the paths written."""
     directory = Path(directory)
     cmap = cmap or (DEFAULT_SIGNED_CMAP if exp.signed else DEFAULT_CMAP)
     written = []
     inputs = [exp.inputs[i] if i < len(exp.inputs) else "" for i in range(len(exp))]
+    images = getattr(exp, "images", ())
     for i, stem in enumerate(output_stems(inputs)):
         for k in range(exp.topk):
             name = output_name(stem, exp.method, k, exp.topk, exp.target_names[i][k])
-            written.append(save_png(colorize(exp.maps[i, k], cmap, exp.signed), directory / f"{name}.png"))
+            picture = overlay(images[i], exp.maps[i, k], alpha, cmap, exp.signed) if i < len(images) \
+                else colorize(exp.maps[i, k], cmap, exp.signed)
+            written.append(save_png(picture, directory / f"{name}.png"))
     written.append(save_npy(exp.maps, directory / f"{exp.method}.npy"))
     return written
 

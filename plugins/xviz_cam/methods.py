@@ -6,6 +6,8 @@ The gradient methods read the target layer's activation ``A`` (N, C, h, w) and t
 the top-k targets, costs one forward and one ``autograd.grad``. EigenCAM reads ``A`` alone.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +56,13 @@ class GradCAMPlusPlus(GradCAM):
         return (alpha * torch.relu(gradients)).sum(dim=(-2, -1))
 
 
+_WARNED_SIGNED: set = set()  # (model id, layer) already warned about, so a many-batch run warns once
+
+
+class SignedActivationsWarning(UserWarning):
+    """XGradCAM on a layer whose activations are signed: its normalisation divides by a near-zero sum."""
+
+
 class XGradCAM(GradCAM):
     """XGradCAM (Fu et al., BMVC 2020): channels weighted by activation-normalised gradients.
 
@@ -61,10 +70,33 @@ class XGradCAM(GradCAM):
     ``M = ReLU(sum_k w_k A_k)``.
 
     No stabilising epsilon (pytorch-grad-cam adds 1e-7, torchcam 1e-8 to the denominator).
+
+    **Signed activations** (a layer with no ReLU after it: MobileNet's Hardswish, EfficientNet's SiLU
+    outputs before pooling, LayerNorm tokens): positive and negative values cancel in ``sum_ab A_kab``,
+    which then sits near zero, so ``w_k`` is dominated by rounding and every library's epsilon choice gives
+    another map. :meth:`compute` warns once per layer (:class:`SignedActivationsWarning`) when a channel's
+    ``|sum_ab A_kab|`` is under 1 % of ``sum_ab |A_kab|``; GradCAM, LayerCAM or a layer after a ReLU are safer.
     """
 
     name = "xgradcam"
     reference = "https://arxiv.org/abs/2008.02312"
+    cancellation = 0.01  # |sum A| / sum |A| under which a channel's normalisation is numerically meaningless
+
+    def compute(self, ctx: Context) -> torch.Tensor:
+        a = ctx.activations.detach()
+        key = (id(ctx.model), ctx.layer)
+        if key not in _WARNED_SIGNED and (a < 0).any():
+            total = a.sum(dim=(-2, -1)).abs()
+            magnitude = a.abs().sum(dim=(-2, -1))
+            cancelled = ((total < self.cancellation * magnitude) & (magnitude > 0)).sum().item()
+            if cancelled:
+                _WARNED_SIGNED.add(key)
+                warnings.warn(
+                    f"xgradcam: layer `{ctx.layer}` has negative activations (no ReLU after it), and in "
+                    f"{cancelled} of {a.shape[0] * a.shape[1]} image-channels their sum nearly cancels; XGradCAM "
+                    "divides by that sum, so its map is dominated by rounding there: use gradcam or layercam, or "
+                    "a layer after a ReLU", SignedActivationsWarning, stacklevel=2)
+        return super().compute(ctx)
 
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         total = activations.sum(dim=(-2, -1))[:, None, :]  # (N, 1, C)

@@ -42,13 +42,14 @@ TORCHVISION_LAYERS = {name: layer for name, (layer, _) in TORCHVISION.items()}
 
 
 def _torchvision_spec(name: str) -> ModelSpec:
+    weights = TORCHVISION[name][1] if name in TORCHVISION else "DEFAULT"
     return ModelSpec(
         name=name,
         build=lazy("xviz_zoo.builders:build", name),
         preprocessing=lazy("xviz_zoo.builders:preprocessing", name),
         class_names=lazy("xviz_zoo.builders:class_names", name),
         num_classes=1000,
-        summary=f"torchvision {name}, ImageNet weights {TORCHVISION[name][1]}",
+        summary=f"torchvision {name}, ImageNet weights {weights}",
         pretrained=lazy("xviz_zoo.builders:pretrained", name),
         family="torchvision",
     )
@@ -90,9 +91,27 @@ def xviz_register_datasets():
 
 
 @hookimpl
+def xviz_resolve_model(name):
+    """Every torchvision classifier by its name, and ``timm:NAME`` (torch loads only now)."""
+    if name.startswith("timm:"):
+        from xviz_zoo.timm_models import timm_spec
+
+        return timm_spec(name.removeprefix("timm:"))
+    from xviz_zoo.builders import torchvision_classifiers
+
+    return _torchvision_spec(name) if name in torchvision_classifiers() else None
+
+
+@hookimpl
 def xviz_default_target_layer(model, model_name):
     if model_name == "xviz-demo":
         return "features"
     if model_name == "cifar_resnet18":
         return "layer4"
-    return TORCHVISION_LAYERS.get(model_name)
+    if model_name in TORCHVISION_LAYERS:
+        return TORCHVISION_LAYERS[model_name]
+    if not model_name:
+        return None
+    from xviz_zoo.builders import family_layer
+
+    return family_layer(model, model_name)

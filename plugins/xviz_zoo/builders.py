@@ -45,6 +45,45 @@ def pretrained(name: str, weights: str) -> LoadedModel:
     return LoadedModel(module, name, list(w.meta["categories"]), Preprocessing.from_transforms(w.transforms()), str(w))
 
 
+def torchvision_classifiers() -> list[str]:
+    """The names of torchvision's image classifiers (``torchvision.models.list_models(module=torchvision.models)``)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+# name prefix -> the layer CAMs explain: the last stage's output, before pooling (NCHW)
+FAMILY_LAYERS = (
+    (("resnet", "resnext", "wide_resnet"), "layer4"),
+    (("regnet_",), "trunk_output"),
+    (("densenet",), "features.norm5"),
+    (("mobilenet", "efficientnet", "convnext", "squeezenet", "alexnet"), "features"),
+    (("mnasnet",), "layers"),
+    (("shufflenet",), "conv5"),
+)
+
+
+def family_layer(model, name: str) -> str | None:
+    """The default layer of a torchvision (or timm) model by its family; ``None``: the last spatial layer.
+    VGG: its last ReLU; ViT: the last block's first LayerNorm (its tokens become a grid)."""
+    name = name.removeprefix("timm:")
+    modules = dict(model.named_modules())
+    if name.startswith("vgg") and hasattr(model, "features"):
+        last_relu = max((i for i, m in enumerate(model.features) if type(m).__name__ == "ReLU"), default=None)
+        return None if last_relu is None else f"features.{last_relu}"
+    if name.startswith("vit_"):
+        layers = modules.get("encoder.layers")
+        if layers is not None:  # torchvision
+            return f"encoder.layers.{list(dict(layers.named_children()))[-1]}.ln_1"
+        blocks = modules.get("blocks")
+        if blocks is not None:  # timm
+            return f"blocks.{len(blocks) - 1}.norm1"
+    for prefixes, layer in FAMILY_LAYERS:
+        if name.startswith(prefixes) and layer in modules:
+            return layer
+    return None
+
+
 def no_options(name: str, options: dict) -> None:
     if options:
         raise XvizError(f"model `{name}` takes no options, got {', '.join(f'`{k}`' for k in options)}")

@@ -61,7 +61,44 @@ def add_model_flags(parser, default_model: str | None = "resnet50", weights_defa
                         help=f"registered model name ({shown}see `xviz models`)").completer = complete_models
     parser.add_argument("--checkpoint", help=checkpoint_help)
     parser.add_argument("--weights", default=weights_default,
-                        help="DEFAULT (pretrained), none (random) or a weights PATH")
+                        help="DEFAULT (pretrained), none (random) or a weights PATH (a state dict, plain or wrapped)")
+    parser.add_argument("--num-classes", type=int, help="the classifier's size (default: read from --weights)")
+    parser.add_argument("--classes", metavar="FILE", help="class names: one per line, or a JSON list")
+    parser.add_argument("--model-option", action="append", default=[], metavar="K=V",
+                        help="keyword argument for a model factory (path/to/file.py:factory), repeatable")
+    parser.add_argument("--size", type=int, help="input size: center crop (and resize, unless --resize) in pixels")
+    parser.add_argument("--resize", type=int, help="resize the shorter side to this many pixels before cropping")
+    parser.add_argument("--mean", help="normalisation mean, one or three numbers (e.g. 0.5 or 0.485,0.456,0.406)")
+    parser.add_argument("--std", help="normalisation std, one or three numbers")
+
+
+def model_arguments(args) -> dict:
+    """The keyword arguments of :func:`xviz.models.load_model` from the flags of :func:`add_model_flags`."""
+    options = {}
+    for item in getattr(args, "model_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise XvizError(f"`--model-option {item}` must be KEY=VALUE, e.g. --model-option num_classes=10")
+        options[key.strip()] = _option_value(value.strip())
+    return dict(name=args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm,
+                num_classes=getattr(args, "num_classes", None), classes=getattr(args, "classes", None),
+                options=options, size=getattr(args, "size", None), resize=getattr(args, "resize", None),
+                mean=getattr(args, "mean", None), std=getattr(args, "std", None))
+
+
+def _option_value(text: str):
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"``/``"false"`` -> bool, ``"none"`` -> None, else the text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _clash(name: str, plugins: list[str]):

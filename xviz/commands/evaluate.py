@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from xviz import hookimpl
-from xviz.commands import add_model_flags
+from xviz.commands import add_model_flags, model_arguments
 from xviz.console import split_names, writable_folder
 from xviz.errors import XvizError
 from xviz.evaluation.names import BASELINES, COLUMNS, METRICS, check_metric_names
@@ -111,7 +111,7 @@ def cmd_evaluate(args) -> int:
     if args.rank_by and args.rank_by not in COLUMNS:
         raise XvizError(f"unknown column `{args.rank_by}` for --rank-by: choose one of {', '.join(COLUMNS)}")
     out = writable_folder(args.out)
-    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
+    model = load_model(**model_arguments(args)).to(device)
     dataset, described = load_data(args.data, model, args.split, args.root, args.pm)
     check_metrics(metrics, dataset, described)
     if names is None and len(dataset):

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from xviz import hookimpl
-from xviz.commands import add_model_flags, complete_methods
+from xviz.commands import add_model_flags, complete_methods, model_arguments
 from xviz.console import split_names, table, writable_folder
 from xviz.errors import XvizError
 
@@ -92,7 +92,7 @@ def cmd_explain(args) -> int:
         raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
     out = writable_folder(args.out)
     paths = _images(args)
-    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
+    model = load_model(**model_arguments(args)).to(device)
     check_targets(args.target, args.topk, model.class_names, len(model.class_names))
     remove_temporaries(out)
     stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 from xviz import hookimpl
-from xviz.commands import add_model_flags
+from xviz.commands import add_model_flags, model_arguments
 from xviz.console import table
 
 
@@ -32,11 +32,15 @@ def cmd_models(args) -> int:
 
     specs = registry.models(args.pm)
     if args.classes:
-        spec = registry.lookup(specs, args.classes, "model", "xviz models")
+        from xviz.models import resolve_spec
+
+        spec = resolve_spec(args.classes, specs, args.pm)
         for i, name in enumerate(spec.class_names):
             print(f"{i}\t{name}")
         return 0
     print(table([[n, s.num_classes, s.summary] for n, s in sorted(specs.items())], ["model", "classes", "summary"]))
+    print("also: any torchvision classifier by name (e.g. regnet_y_400mf, swin_t), timm:NAME (with timm installed) "
+          "and path/to/file.py:factory (your own module; options via --model-option K=V)")
     _warn_clashes(specs)
     return 0
 
@@ -65,8 +69,8 @@ def cmd_layers(args) -> int:
     from xviz.explainer import resolve_layer
     from xviz.models import load_model
 
-    weights = args.weights or "none"  # names and shapes do not depend on the weights: nothing to download
-    model = load_model(args.model, weights=weights, checkpoint=args.checkpoint, pm=args.pm)
+    arguments = model_arguments(args)  # names and shapes do not depend on the weights: nothing to download
+    model = load_model(**{**arguments, "weights": args.weights or "none"})
     size = model.preprocessing.crop or model.preprocessing.resize or 224
     example = torch.zeros(1, 3, size, size)
     default, _ = resolve_layer(model.module, None, example, model.name, args.pm)

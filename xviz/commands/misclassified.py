@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xviz import hookimpl
-from xviz.commands import add_model_flags
+from xviz.commands import add_model_flags, model_arguments
 from xviz.errors import XvizError
 
 
@@ -30,7 +30,7 @@ def cmd_misclassified(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise XvizError(f"`--out {out}` must name a .png file")
-    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm)
+    model = load_model(**model_arguments(args))
     model.to(torch_device(args.device)).module.eval()
     options = parse_groups(args.dataset_options or "", "--dataset-options")
     try:
