@@ -257,7 +257,7 @@ def _config_from_args(args):
 
 def cmd_train(args) -> int:
     from xviz.train import train
-    from xviz.train.checkpoints import RunFolder
+    from xviz.train.run_folder import RunFolder
     from xviz.train.config import TrainConfig
 
     if args.resume:

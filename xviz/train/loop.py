@@ -27,7 +27,7 @@ from xviz.errors import XvizError
 from xviz.models import is_weights_file, pretrained, torch_device, transfer_state
 from xviz.train import distributed
 from xviz.train.augment import resized, train_transform
-from xviz.train.checkpoints import RunFolder, rng_state, set_rng_state
+from xviz.train.run_folder import RunFolder, rng_state, set_rng_state
 from xviz.train.config import TrainConfig
 from xviz.train.history import write_history
 from xviz.train.schedules import FreezeSchedule, head_name, make_optimizer, make_scheduler
