@@ -71,7 +71,7 @@ def test_recipe_with_a_typo_names_the_key(tmp_path):
         make_config(str(bad))
     with pytest.raises(XvizError, match="unknown recipe `cifar10-resnet18-flp`: did you mean `cifar10-resnet18-flip`"):
         make_config("cifar10-resnet18-flp")
-    with pytest.raises(XvizError, match="unknown schedule `cosin`"):
+    with pytest.raises(XvizError, match="unknown scheduler `cosin`"):
         make_config(None, scheduler="cosin")
 
 

@@ -227,10 +227,10 @@ def _train_flags(parser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, dict) or isinstance(default, list) or f.name == "augment":
             parser.add_argument(flag, default=None, metavar="A=1,B=2" if isinstance(default, dict) else "A,B")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            parser.add_argument(flag, type=type(default), default=None, metavar=type(default).__name__.upper())
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):  # checked by the config
+            parser.add_argument(flag, default=None, metavar=type(default).__name__.upper())
         elif default is None and str(f.type).startswith("int"):  # e.g. image_size: int | None
-            parser.add_argument(flag, type=int, default=None, metavar="INT")
+            parser.add_argument(flag, default=None, metavar="INT")
         else:
             parser.add_argument(flag, default=None)
 
@@ -238,20 +238,13 @@ def _train_flags(parser) -> None:
 def _config_from_args(args):
     import dataclasses
 
-    from xviz.train.config import TrainConfig, make_config, parse_groups
+    from xviz.train.config import TrainConfig, make_config, parse_flag
 
     values = {}
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        if isinstance(default, dict):
-            value = parse_groups(value, "--" + f.name.replace("_", "-"))
-        elif isinstance(default, list) or f.name == "augment":
-            items = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
-            value = [int(v) for v in items] if f.name == "milestones" else items
-        values[f.name] = value
+        if value is not None:
+            values[f.name] = value if isinstance(value, bool) else parse_flag(f.name, value)
     return make_config(args.recipe, **values)
 
 
