@@ -27,7 +27,7 @@ from xviz.explanation import Explanation, library_versions
 from xviz.hooks import capture_layers, find_layer, first_output, preserved_state, spatial_layers
 from xviz.images import read_image
 from xviz.methods import Context, Method
-from xviz.models import LoadedModel
+from xviz.models import LoadedModel, check_finite_outputs
 
 
 def resolve_methods(names: Iterable[str | Method], pm=None) -> list[Method]:
@@ -215,6 +215,7 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         activation = activations.get(layer_name)
         if logits.dim() != 2:
             raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
+        check_finite_outputs(logits.detach(), model)
         if not class_names:
             class_names = [str(i) for i in range(logits.shape[1])]
         targets = resolve_targets(logits.detach(), target, topk, class_names)

@@ -56,6 +56,16 @@ class ModelSpec:
     family: str = ""
 
 
+def check_finite_outputs(outputs: torch.Tensor, model: LoadedModel | nn.Module) -> torch.Tensor:
+    """``outputs`` (the model's scores) unchanged when every value is finite; otherwise a one-line
+    XvizError naming where the model came from: NaN scores have no predicted class to explain or rank."""
+    if bool(torch.isfinite(outputs).all()):
+        return outputs
+    where = f"the model from `{model.source}`" if isinstance(model, LoadedModel) else f"model `{type(model).__name__}`"
+    raise XvizError(f"{where} gives NaN or infinite outputs, so nothing it predicts can be explained or scored "
+                    "(a training run that diverged?): pick another checkpoint or retrain")
+
+
 def model_registry(pm=None) -> dict[str, ModelSpec]:
     return registry.models(pm or registry.default_plugin_manager())
 
@@ -129,25 +139,36 @@ def _load_weights_file(spec: ModelSpec, path: Path, specs) -> LoadedModel:
 def _assemble(spec: ModelSpec, data: dict, path: Path) -> LoadedModel:
     class_names = list(data.get("class_names") or spec.class_names)
     state = data["state_dict"]
-    module = spec.build(len(class_names), **dict(data.get("arch_options") or {}))
+    try:
+        module = spec.build(len(class_names), **dict(data.get("arch_options") or {}))
+    except TypeError as exc:
+        raise XvizError(f"checkpoint `{path}`: field `arch_options` {dict(data['arch_options'])} does not fit model "
+                        f"`{spec.name}` ({exc})") from None
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
-    result = module.load_state_dict(state, strict=False)
-    shape_errors = [k for k, v in state.items()
-                    if k in module.state_dict() and module.state_dict()[k].shape != v.shape]
+    own = module.state_dict()
+    shape_errors = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    outputs = {state[k].shape[0] for k in shape_errors if own[k].dim() and own[k].shape[0] == len(class_names)}
+    if data.get("class_names") and len(outputs) == 1:
+        key = next(k for k in shape_errors if own[k].shape[0] == len(class_names))
+        raise XvizError(f"checkpoint `{path}`: field `class_names` lists {len(class_names)} names but the weights "
+                        f"give {outputs.pop()} outputs (`{key}` has shape {'x'.join(map(str, state[key].shape))}): "
+                        "re-save it with one name per output")
+    result = module.load_state_dict({k: v for k, v in state.items() if k not in shape_errors}, strict=False)
     if result.missing_keys or result.unexpected_keys or shape_errors:
-        raise XvizError(_mismatch_message(spec.name, path, result, shape_errors))
+        missing = [k for k in result.missing_keys if k not in shape_errors]
+        raise XvizError(_mismatch_message(spec.name, path, missing, result.unexpected_keys, shape_errors))
     pre = data.get("preprocessing")
     preprocessing = Preprocessing.from_dict(pre) if pre else spec.preprocessing
     meta = {k: v for k, v in data.items() if k != "state_dict"}
     return LoadedModel(module, spec.name, class_names, preprocessing, str(path), meta)
 
 
-def _mismatch_message(name: str, path: Path, result, shape_errors) -> str:
+def _mismatch_message(name: str, path: Path, missing, unexpected, shape_errors) -> str:
     parts = []
-    if result.missing_keys:
-        parts.append(f"{len(result.missing_keys)} missing (e.g. `{result.missing_keys[0]}`)")
-    if result.unexpected_keys:
-        parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. `{result.unexpected_keys[0]}`)")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. `{missing[0]}`)")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. `{unexpected[0]}`)")
     if shape_errors:
         parts.append(f"{len(shape_errors)} of another shape (e.g. `{shape_errors[0]}`)")
     return (f"the weights in `{path}` do not fit model `{name}`: {', '.join(parts)}; "
