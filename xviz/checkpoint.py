@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -45,11 +46,26 @@ def checkpoint_payload(*, arch: str, state_dict: dict, class_names, preprocessin
 
 
 def to_bytes(payload) -> bytes:
-    """``torch.save(payload)`` in memory: the same payload always gives the same bytes (the archive is
-    named ``archive``, not after a temporary file), and a full disk is an OSError of the write."""
+    """``torch.save(payload)`` in memory: equal payloads give equal bytes (the archive is named
+    ``archive``, not after a temporary file; equal strings are pickled as one object, whether they
+    were one in memory or not), and a full disk is an OSError of the write, not of torch."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(_interned(payload, {}), buffer)
     return buffer.getvalue()
+
+
+def _interned(value, seen: dict):
+    """``value`` with every string interned (containers copied, shared ones kept shared)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if id(value) not in seen:
+        if isinstance(value, dict):
+            seen[id(value)] = {_interned(k, seen): _interned(v, seen) for k, v in value.items()}
+        else:
+            seen[id(value)] = type(value)(_interned(v, seen) for v in value)
+    return seen[id(value)]
 
 
 def save_checkpoint(path, **fields) -> Path:
@@ -84,7 +100,7 @@ def unreadable(path, exc: Exception) -> XvizError:
     """The one-line error for a file ``torch.load(weights_only=True)`` refused with ``exc``."""
     text = str(exc)
     if any(marker in text.lower() for marker in FORBIDDEN):
-        found = re.search(r"global\W+([\w.]+)", text.split("error:")[-1], re.IGNORECASE)
+        found = re.search(r"global\W+(?:global\s+)?([\w.]+)", text.split("error:")[-1], re.IGNORECASE)
         named = f" (`{found.group(1)}`)" if found else ""
         return XvizError(f"`{path}` holds Python objects besides weights{named}, which are not loaded for safety "
                          "(weights_only): re-save it with torch.save(model.state_dict(), ...)")
@@ -116,8 +132,11 @@ def check_fields(path, data) -> dict:
         if data.get(field) is not None and not isinstance(data[field], kind):
             raise bad(field, f"is {_kind(data[field])}, not {wanted}")
     names = data.get("class_names")
-    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+    if names is not None and not isinstance(names, (list, tuple)):
         raise bad("class_names", f"is {_kind(names)}, not a list of names")
+    odd = next((n for n in names or () if not isinstance(n, str)), None)
+    if odd is not None:
+        raise bad("class_names", f"holds {_kind(odd)} (`{odd}`) among the names (one text per class)")
     if data.get("preprocessing") is not None:
         try:
             Preprocessing.from_dict(data["preprocessing"])

@@ -250,16 +250,13 @@ def _config_from_args(args):
 
 def cmd_train(args) -> int:
     from xviz.train import train
+    from xviz.train.config import TrainConfig, parse_flag
     from xviz.train.run_folder import RunFolder
-    from xviz.train.config import TrainConfig
 
     if args.resume:
-        latest = RunFolder(args.resume).latest()
-        if latest is None:
-            raise XvizError(f"nothing to resume in `{args.resume}`: it holds no checkpoint")
-        cfg = TrainConfig(**latest["config"])
+        cfg = TrainConfig(**RunFolder(args.resume).saved_config())
         if args.epochs is not None:
-            cfg.epochs = args.epochs
+            cfg.epochs = parse_flag("epochs", args.epochs)
         cfg.out = args.resume
         result = train(cfg.validate(), resume=True, pm=args.pm)
     else:
@@ -269,7 +266,7 @@ def cmd_train(args) -> int:
             raise XvizError(f"`--out {out}` names a run folder, not a checkpoint file: e.g. --out {out.with_suffix('')}")
         if out.exists() and not out.is_dir():
             raise XvizError(f"`{out}` is a file, not a folder: choose another --out")
-        result = train(cfg, pm=args.pm)
+        result = train(cfg, overwrite=args.overwrite, pm=args.pm)
     if not result.finished_before:
         print(f"best test accuracy {100 * result.best_acc:.2f}%; checkpoints in {result.run}/ "
               f"(best.pt, last.pt, history.json, history.csv)")
@@ -369,6 +366,8 @@ def build_parser(pm) -> argparse.ArgumentParser:
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", help="a bundled recipe name (`xviz recipes`) or a .toml file; flags override it")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
+                   "best.pt, last.pt, history)")
     _train_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -147,9 +147,11 @@ def _assemble(spec: ModelSpec, data: dict, path: Path) -> LoadedModel:
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
     own = module.state_dict()
     shape_errors = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    outputs = {state[k].shape[0] for k in shape_errors if own[k].dim() and own[k].shape[0] == len(class_names)}
+    heads = [k for k in shape_errors if own[k].dim() and state[k].dim() and
+             own[k].shape[0] == len(class_names) != state[k].shape[0]]  # the class count is what differs
+    outputs = {state[k].shape[0] for k in heads}
     if data.get("class_names") and len(outputs) == 1:
-        key = next(k for k in shape_errors if own[k].shape[0] == len(class_names))
+        key = heads[0]
         raise XvizError(f"checkpoint `{path}`: field `class_names` lists {len(class_names)} names but the weights "
                         f"give {outputs.pop()} outputs (`{key}` has shape {'x'.join(map(str, state[key].shape))}): "
                         "re-save it with one name per output")
