@@ -31,25 +31,22 @@ SAMPLE = ROOT / "plugins" / "xviz_zoo" / "assets" / "samples"
 RUN = ["train", "--model", "xviz-demo", "--dataset", "synthetic", "--dataset-options", "size=48", "--epochs", "3",
        "--batch-size", "16", "--augment", "flip,crop", "--keep", "2", "--workers", "0", "--out", "run"]
 
-# `xviz ARGS` with the run folder's fault hook: kill -9 at the Nth step of a write (KILL_AT), or write
-# the steps to TRACE; history's `seconds` fixed so that runs compare byte for byte
+# `xviz ARGS` killed (-9) at the KILL_AT-th step of the run folder's writes; history's `seconds` fixed
+# so that runs compare byte for byte
 DRIVER = textwrap.dedent("""
     import os, signal, sys, types
     from xviz.train import loop, run_folder
     steps = []
 
     def fault(step, path):
-        steps.append(f"{step} {path.as_posix()}")
-        if len(steps) == int(os.environ.get("KILL_AT", "0")):
+        steps.append(step)
+        if len(steps) == int(os.environ["KILL_AT"]):
             os.kill(os.getpid(), signal.SIGKILL)
 
     run_folder.FAULT = fault
     loop.time = types.SimpleNamespace(time=lambda: 0.0)
     from xviz.cli import main
-    code = main(sys.argv[1:])
-    if os.environ.get("TRACE"):
-        open(os.environ["TRACE"], "w").write("\\n".join(steps))
-    sys.exit(code)
+    sys.exit(main(sys.argv[1:]))
 """)
 
 
@@ -79,20 +76,37 @@ def xviz(cwd: Path, *args, env=None, timeout=300):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run (its files) and the list of write steps it went through."""
-    cwd = tmp_path_factory.mktemp("reference")
-    proc = xviz(cwd, *RUN, env={"TRACE": str(cwd / "trace.txt")})
-    assert proc.returncode == 0, proc.stderr
-    return snapshot(cwd / "run"), (cwd / "trace.txt").read_text().splitlines()
+    from xviz.cli import main
+
+    cwd, steps = tmp_path_factory.mktemp("reference"), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setattr(loop, "time", types.SimpleNamespace(time=lambda: 0.0))
+        mp.setattr(run_folder, "FAULT", lambda step, path: steps.append(f"{step} {path.as_posix()}"))
+        assert main(RUN) == 0
+    return snapshot(cwd / "run"), steps
 
 
-def kill_and_resume(tmp_path, point: int):
-    """Kill a run at write step ``point``, resume it in a new process; returns the resumed run's
-    output and the folder."""
-    proc = xviz(tmp_path, *RUN, env={"KILL_AT": str(point)})
+@pytest.fixture
+def resume(monkeypatch, capsys):
+    """``resume(folder)``: ``xviz train --resume run`` in ``folder`` (in this process); returns stdout."""
+    from xviz.cli import main
+
+    def run(folder):
+        monkeypatch.chdir(folder)
+        monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: 0.0))
+        code = main(["train", "--resume", "run"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+    return run
+
+
+def kill(cwd: Path, point: int) -> Path:
+    """Run the reference run in a new process in ``cwd``, killed (-9) at write step ``point``."""
+    proc = xviz(cwd, *RUN, env={"KILL_AT": str(point)})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    resumed = xviz(tmp_path, "train", "--resume", "run")
-    assert resumed.returncode == 0, resumed.stderr
-    return resumed.stdout, tmp_path / "run"
+    return cwd / "run"
 
 
 # --- 1. a kill at any write, then --resume: the files of an uninterrupted run ----------------------
@@ -118,34 +132,33 @@ def _point(steps, step, name, nth=-1):
     return [i for i, s in enumerate(steps, 1) if s == f"{step} run/{name}"][nth]
 
 
-@pytest.mark.parametrize("step, name, nth", [
-    ("partial", "best.pt", -1),  # inside the final best.pt: it would keep epoch 1's worse model
-    ("written", "last.pt", -1),  # inside the final last.pt: it and the history would stay an epoch behind
-    ("replaced", "checkpoints/epoch-0002.pt", -1),  # between the checkpoint and the rest of epoch 2
+@pytest.mark.parametrize("step, name", [
+    ("partial", "best.pt"),  # inside the final best.pt: it would keep epoch 1's worse model
+    ("written", "last.pt"),  # inside the final last.pt: it and the history would stay an epoch behind
 ])
-def test_a_kill_inside_a_write_then_resume_equals_an_uninterrupted_run(reference, tmp_path, step, name, nth):
+def test_a_kill_inside_a_write_then_resume_equals_an_uninterrupted_run(reference, tmp_path, resume, step, name):
     files, steps = reference
-    out, run = kill_and_resume(tmp_path, _point(steps, step, name, nth))
+    run = kill(tmp_path, _point(steps, step, name))
+    assert f"repaired {name}" in resume(tmp_path)
     assert snapshot(run) == files
 
 
 @pytest.mark.slow
-def test_a_kill_at_every_write_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
+def test_a_kill_at_every_write_then_resume_equals_an_uninterrupted_run(reference, tmp_path, resume):
     files, steps = reference
     lost = []
     for point in range(1, len(steps) + 1):
         cwd = tmp_path / f"kill-{point}"
         cwd.mkdir()
-        _, run = kill_and_resume(cwd, point)
+        run = kill(cwd, point)
+        resume(cwd)
         if snapshot(run) != files:
             lost.append(steps[point - 1])
     print(f"kill points tried {len(steps)}, equal to the uninterrupted run {len(steps) - len(lost)}")
     assert not lost
 
 
-def test_a_truncated_last_pt_and_leftover_temporaries_are_repaired(reference, tmp_path, capsys, monkeypatch):
-    from xviz.cli import main
-
+def test_a_truncated_last_pt_and_leftover_temporaries_are_repaired(reference, tmp_path, resume):
     files, _ = reference
     run = tmp_path / "run"
     for name, data in files.items():
@@ -156,17 +169,17 @@ def test_a_truncated_last_pt_and_leftover_temporaries_are_repaired(reference, tm
     (run / "history.json").write_text("[]")
     for leftover in (".best.pt.k2j4.pt", ".last.pt.x9.pt", ".history.json.a1.json", "checkpoints/.epoch-0004.pt.z.pt"):
         (run / leftover).write_bytes(b"half")
-    monkeypatch.chdir(tmp_path)  # the run's settings name it `run`
-    assert main(["train", "--resume", "run"]) == 0
-    out = capsys.readouterr().out
+    out = resume(tmp_path)
     assert "repaired last.pt, best.pt, history.json in `run` from checkpoints/epoch-0003.pt" in out
     assert "already finished: 3/3 epochs" in out
     assert snapshot(run) == files
 
 
-def test_resume_of_a_run_killed_before_its_first_epoch_starts_it_again(reference, tmp_path):
+@pytest.mark.slow  # also one of the kill points above
+def test_resume_of_a_run_killed_before_its_first_epoch_starts_it_again(reference, tmp_path, resume):
     files, steps = reference
-    out, run = kill_and_resume(tmp_path, _point(steps, "partial", "checkpoints/epoch-0001.pt"))
+    run = kill(tmp_path, _point(steps, "partial", "checkpoints/epoch-0001.pt"))
+    resume(tmp_path)
     assert snapshot(run) == files
 
 
@@ -420,9 +433,9 @@ def _enospc_at(step_name):
 
 
 @pytest.mark.parametrize("failing, safe", [
-    ("epoch-0002.pt", "checkpoints/epoch-0001.pt` holds the run up to epoch 1"),
     ("last.pt", "checkpoints/epoch-0002.pt` holds the run up to epoch 2"),
-    ("manifest.json", "checkpoints/epoch-0002.pt` holds the run up to epoch 2"),
+    pytest.param("epoch-0002.pt", "checkpoints/epoch-0001.pt` holds the run up to epoch 1", marks=pytest.mark.slow),
+    pytest.param("manifest.json", "checkpoints/epoch-0002.pt` holds the run up to epoch 2", marks=pytest.mark.slow),
 ])
 def test_a_full_disk_is_one_line_and_loses_nothing(reference, tmp_path, monkeypatch, run_cli, failing, safe):
     files, _ = reference
@@ -516,7 +529,7 @@ def test_resume_names_the_damaged_checkpoints(reference, tmp_path, run_cli):
                     "start the run again with --overwrite")
 
 
-def test_resume_falls_back_from_a_checkpoint_the_manifest_does_not_match(reference, tmp_path, capsys, monkeypatch):
+def test_resume_falls_back_from_a_checkpoint_the_manifest_does_not_match(reference, tmp_path, resume):
     files, _ = reference
     run = tmp_path / "run"
     for name, data in files.items():
@@ -525,10 +538,5 @@ def test_resume_falls_back_from_a_checkpoint_the_manifest_does_not_match(referen
     state = read_checkpoint(run / "checkpoints" / "epoch-0003.pt")  # a readable file with other content
     state["history"][-1]["test_acc"] = 1.0
     torch.save(state, run / "checkpoints" / "epoch-0003.pt")
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: 0.0))
-    monkeypatch.chdir(tmp_path)
-    from xviz.cli import main
-
-    assert main(["train", "--resume", "run"]) == 0
-    assert "resuming `run` from epoch-0002.pt: epoch 3/3" in capsys.readouterr().out
+    assert "resuming `run` from epoch-0002.pt: epoch 3/3" in resume(tmp_path)
     assert snapshot(run) == files  # epoch 3 trained again, exactly
