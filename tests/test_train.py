@@ -26,6 +26,10 @@ def tiny(out, **overrides):
     return TrainConfig(**values).validate()
 
 
+def weights(path):
+    return read_checkpoint(path)["state_dict"]
+
+
 # --- recipes --------------------------------------------------------------------------------------
 
 def test_bundled_recipes_are_valid():

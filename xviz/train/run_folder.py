@@ -232,6 +232,13 @@ class RunFolder:
         full checkpoint to continue from (None: no epoch had finished); otherwise refuse a folder that
         holds a run unless ``overwrite`` (which removes that run's files) and record ``config``."""
         self.lock(log)
+        try:
+            return self._prepare(config, resume, overwrite, log)
+        except OSError as exc:
+            raise XvizError(f"could not write into the run folder `{self.root}` ({exc.strerror or exc}): nothing "
+                            "in it is lost; free space and run the command again") from None
+
+    def _prepare(self, config: dict, resume: bool, overwrite: bool, log) -> dict | None:
         self.remove_temporaries()
         if overwrite and not resume:
             for path in [*self.epoch_files(), *(self.root / n for n in (*RESULTS, MANIFEST))]:
