@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -58,13 +59,13 @@ def _interned(value, seen: dict):
     """``value`` with every string interned (containers copied, shared ones kept shared)."""
     if isinstance(value, str):
         return sys.intern(value)
-    if not isinstance(value, (dict, list, tuple)):
+    kind = type(value)
+    if kind not in (dict, OrderedDict, list, tuple):  # tensors, numbers, and subclasses kept as they are
         return value
     if id(value) not in seen:
-        if isinstance(value, dict):
-            seen[id(value)] = {_interned(k, seen): _interned(v, seen) for k, v in value.items()}
-        else:
-            seen[id(value)] = type(value)(_interned(v, seen) for v in value)
+        items = value.items() if isinstance(value, dict) else None
+        seen[id(value)] = kind((_interned(k, seen), _interned(v, seen)) for k, v in items) if items is not None \
+            else kind(_interned(v, seen) for v in value)
     return seen[id(value)]
 
 
