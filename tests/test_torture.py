@@ -100,10 +100,10 @@ def resume(monkeypatch, capsys):
     """``resume(folder)``: ``xviz train --resume run`` in ``folder`` (in this process); returns stdout."""
     from xviz.cli import main
 
-    def run(folder):
+    def run(folder, argv=("train", "--resume", "run")):
         monkeypatch.chdir(folder)
         monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: 0.0))
-        code = main(["train", "--resume", "run"])
+        code = main(list(argv))
         out, err = capsys.readouterr()
         assert code == 0, err
         return out
@@ -153,13 +153,21 @@ def test_a_kill_inside_a_write_then_resume_equals_an_uninterrupted_run(reference
 
 @pytest.mark.slow
 def test_a_kill_at_every_write_then_resume_equals_an_uninterrupted_run(reference, tmp_path, resume):
+    """Before the run's first manifest is in place there is nothing to resume: resume says so and the
+    same command started again writes the run; from then on --resume ends as the uninterrupted run."""
     files, steps = reference
+    started = steps.index("replaced run/manifest.json") + 1
     lost = []
     for point in range(1, len(steps) + 1):
         cwd = tmp_path / f"kill-{point}"
         cwd.mkdir()
         run = kill(cwd, point)
-        resume(cwd)
+        if point < started:
+            with pytest.raises(AssertionError, match="nothing to resume in `run`: it holds no checkpoint"):
+                resume(cwd)
+            resume(cwd, RUN)
+        else:
+            resume(cwd)
         if snapshot(run) != files:
             lost.append(steps[point - 1])
     print(f"kill points tried {len(steps)}, equal to the uninterrupted run {len(steps) - len(lost)}")
