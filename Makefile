@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/xviz explain --model xviz-demo --method gradcampp --panel --out demo-out plugins/xviz_zoo/assets/samples
+	$(BIN)/xviz explain --model xviz-demo --method gradcampp --panel --report --out demo-out plugins/xviz_zoo/assets/samples
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests examples/xviz-cam-original/tests

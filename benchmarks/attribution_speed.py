@@ -41,7 +41,7 @@ def captum_direct(name: str, model, x, t, layer: str):
     """The same computation as xviz's method, written against captum's public API."""
     from captum import attr
 
-    from xviz.hooks import find_layer
+    from xviz.capture import find_layer
 
     if name == "integrated-gradients":
         return attr.IntegratedGradients(model).attribute(x, baselines=0.0, target=t, n_steps=50,

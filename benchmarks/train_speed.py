@@ -33,13 +33,13 @@ def config(args, out, **overrides) -> TrainConfig:
 
 def hand_written(args) -> float:
     """The minimal loop: SGD + cosine, forward, loss, backward, step; then one evaluation pass."""
-    from xviz.models import model_registry
+    from xviz import registry
 
     cfg = config(args, "unused")
     train_set, test_set, classes, _ = build_data(cfg, _pm())
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = model_registry()["cifar_resnet18"].build(len(classes)).to(device)
+    model = registry.models()["cifar_resnet18"].build(len(classes)).to(device)
     loader = DataLoader(train_set, batch_size=args.batch, shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, len(loader))

@@ -15,7 +15,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from xviz.errors import XvizError
 from xviz.registry import get_plugin_manager, regularizers
 from xviz_afs import build
-from xviz_afs.gates import AFSGate, add_gates, gates, recording, set_gates, update_masks, winner_take_all
+from xviz_afs.gates import (AFSGate, add_gates, conv_bn_pairs, gates, recording, set_gates, update_masks,
+                            winner_take_all)
 from xviz_afs.regularizers import stage_last_convs
 from xviz_afs.sparse import estimate_macs, sparse_forward
 
@@ -173,7 +174,7 @@ def test_fea_map_and_afd_match_features_computed_independently():
     x = x_batch()
     t_feats = create_feature_extractor(copy.deepcopy(model).train(), layers)(x)
     s_feats = create_feature_extractor(copy.deepcopy(source).train(), layers)(x)  # the target's BN mode
-    want_fea = sum(0.5 * (t_feats[n] - s_feats[n]).pow(2).sum() / 4 for n in layers)
+    want_fea = sum(0.5 * (t_feats[n] - s_feats[n]).pow(2).sum() for n in layers)  # summed over the batch
     assert _penalty(fea, model, x) == pytest.approx(want_fea.detach().item(), rel=1e-4)
     model.eval()  # in eval mode nothing is recorded: evaluation passes add no penalty
     with torch.no_grad():
@@ -191,6 +192,53 @@ def test_fea_map_and_afd_match_features_computed_independently():
     names = [n for n, _ in afd.named_parameters()]
     assert names and all(n.startswith("attention.") for n in names)
     assert afd.state_dict().keys() == dict(afd.named_parameters()).keys()
+
+
+def _outputs(model, x, names):
+    """``{name: output}`` of named layers, cloned by forward hooks as each layer runs."""
+    found, handles = {}, []
+    for n in names:
+        handles.append(model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: found.__setitem__(n, o.clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return found
+
+
+def test_distilled_features_are_copies_later_in_place_ops_cannot_change():
+    model = tiny_resnet().train()
+    layers = ["layer1.0.bn2", "layer3.0.bn2"]  # ``out += identity`` and the in-place ReLU follow each
+    fea = _regularizer("fea-map", model, layers="+".join(layers))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    x = x_batch()
+    t, s = _outputs(copy.deepcopy(model), x, layers), _outputs(copy.deepcopy(fea.source).train(), x, layers)
+    want = sum(0.5 * (t[n] - s[n]).pow(2).sum() for n in layers).item()
+    assert _penalty(fea, model, x) == pytest.approx(want, rel=1e-4)
+    fea.close()
+
+
+@pytest.mark.parametrize("name", ["fea-map", "afd"])
+def test_distillation_of_a_gated_target_starts_at_its_distance_to_the_plain_source(name):
+    """The source is the plain network: a gated target differs from it before any step (winner-take-all
+    drops channels), so R > 0 at the start, as in the reference code; switching the gates off gives 0."""
+    model = add_gates(tiny_resnet(), 0.5).train()
+    reg = _regularizer(name, model)
+    x = x_batch()
+    layers = stage_last_convs(model)
+    t = _outputs(copy.deepcopy(model), x, layers)
+    plain = copy.deepcopy(model)
+    set_gates(plain, False)
+    s = _outputs(plain, x, layers)
+    if name == "fea-map":
+        want = sum(0.5 * (t[n] - s[n]).pow(2).sum() for n in layers).item()
+        assert _penalty(reg, model, x) == pytest.approx(want, rel=1e-4)
+    assert _penalty(reg, model, x) > 0
+    set_gates(model, False)
+    assert _penalty(reg, model, x) == 0.0
+    reg.close()
 
 
 def test_mask_update_follows_the_thresholds():
@@ -338,15 +386,93 @@ def test_training_rejects_unknown_regularisers_and_bad_ratios(run_cli, tmp_path)
     assert code == 2 and "must be in (0, 1]" in err
 
 
-def test_afs_channels_maps_show_where_kept_channels_fire():
+def gated_outputs_by_hand(model, x):
+    """``{conv name: gated BatchNorm output}`` computed apart from the gate's code: hooks clone the conv's
+    input and the BatchNorm output before the gate scales it; the gate formula is applied here."""
+    inputs, raw, handles = {}, {}, []
+    for conv_name, conv, _, bn in conv_bn_pairs(model):
+        handles.append(conv.register_forward_pre_hook(lambda m, a, n=conv_name: inputs.__setitem__(n, a[0].clone())))
+        handles.append(bn.register_forward_hook(lambda m, a, o, n=conv_name: raw.__setitem__(n, o.clone()),
+                                                prepend=True))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, gate in gates(model).items():
+        w, b = gate.predictor.weight.detach(), gate.predictor.bias.detach()
+        h = torch.relu(inputs[name].mean(dim=(2, 3)) @ w.T + b)
+        keep = torch.zeros_like(h).scatter_(1, h.topk(max(1, round(gate.ratio * h.shape[1])), dim=1).indices, 1.0)
+        scale = gate.m * keep * (gate.s * h + (1 - gate.s) * gate.gamma.detach())
+        out[name] = (raw[name] * scale[:, :, None, None], h, scale)
+    return out
+
+
+def masked_gated_resnet():
+    """A gated one-block-per-stage ResNet (d = 0.5) whose ``layer4.0.conv2`` has every channel masked (m = 0)
+    and whose ``layer2.0.conv2`` / ``layer3.0.conv2`` have every other channel static (s = 0, gamma in use)."""
+    model = add_gates(tiny_resnet(classes=6, seed=3), 0.5)
+    found = gates(model)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for gate in found.values():  # importances that differ between channels and images
+            gate.predictor.weight.normal_(0.0, 0.5)
+        found["layer4.0.conv2"].m.zero_()
+        for name in ("layer2.0.conv2", "layer3.0.conv2"):
+            found[name].s[::2] = 0.0
+            found[name].gamma.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_afs_channels_and_top_channels_draw_the_gated_output_computed_independently():
     from xviz.explainer import explain_tensors
 
-    model = build(18, 6, ratio=0.5).eval()
+    from xviz_afs.report import top_channels
+
+    model = masked_gated_resnet()
     x = x_batch(2, 64)
+    want = gated_outputs_by_hand(model, x)
     out = explain_tensors(model, x, ["afs-channels"], topk=2, pm=get_plugin_manager(entrypoints=False))
-    assert [e.layer for e in out] == stage_last_convs(model)
+    assert [e.layer for e in out] == stage_last_convs(model) == [f"layer{i}.0.conv2" for i in (1, 2, 3, 4)]
+    for e in out:
+        fired = torch.relu(want[e.layer][0]).sum(1).numpy()
+        assert np.allclose(e.raw[:, 0], fired, atol=1e-5) and np.allclose(e.raw[:, 1], fired, atol=1e-5), e.layer
+    masked = next(e for e in out if e.layer == "layer4.0.conv2")
+    assert not masked.raw.any()  # every channel masked: exactly zero
+    # what the map used to show instead: the block output (shortcut included, after its in-place ReLU)
+    block = {}
+    handle = model.layer4[0].register_forward_hook(lambda m, a, o: block.__setitem__("out", o.clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert block["out"].sum(1).max() > 0.1
+
     with torch.no_grad(), recording(model) as records:
         model(x)
-    for e in out:
-        want = torch.relu(records[e.layer]["output"]).sum(1).numpy()
-        assert np.allclose(e.raw[:, 0], want, atol=1e-5) and np.allclose(e.raw[:, 1], want, atol=1e-5)
+    for layer in ("layer2.0.conv2", "layer3.0.conv2"):  # static channels among the top ones
+        gated, h, scale = want[layer]
+        assert torch.allclose(records[layer]["output"], gated, atol=1e-5)
+        chosen = top_channels(records, layer, top=6)
+        reaching = (scale[0] != 0).nonzero().flatten()
+        expected = reaching[h[0, reaching].argsort(descending=True)][:6].tolist()
+        assert [c for c, _, _ in chosen] == expected
+        assert any(model.get_submodule(layer.replace("conv", "bn")).afs.s[c] == 0 for c in expected)
+        for c, importance, fired in chosen:
+            assert importance == pytest.approx(float(h[0, c]), rel=1e-5)
+            assert torch.allclose(fired, torch.relu(gated[0, c]), atol=1e-5)
+    assert top_channels(records, "layer4.0.conv2") == []  # nothing of a masked layer reaches the output
+
+
+def test_gate_records_are_copies_the_block_cannot_change():
+    model = add_gates(tiny_resnet(), 0.5).eval()
+    x = x_batch(2, 32)
+    want = gated_outputs_by_hand(model, x)
+    with torch.no_grad(), recording(model) as records:
+        model(x)
+    for name, (gated, h, scale) in want.items():  # conv2 of a BasicBlock: ``out += identity`` follows in place
+        assert torch.allclose(records[name]["output"], gated, atol=1e-5), name
+        assert torch.allclose(records[name]["importance"], h, atol=1e-5)
+        assert torch.allclose(records[name]["scale"], scale, atol=1e-6)
+    with torch.no_grad(), recording(model, outputs=False) as records:
+        model(x)
+    assert all("output" not in r and "keep" in r for r in records.values())

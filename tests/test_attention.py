@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from xviz import registry
 from xviz.errors import XvizError
-from xviz.models import load_checkpoint, model_registry, transfer_state
+from xviz.models import load_checkpoint, transfer_state
 from xviz_attention.models import AttentionBlock, AttnVGG
 
 L = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]], [[0.5, 0.0], [1.0, 2.0]]]])  # (1, 2, 2, 2)
@@ -76,7 +77,7 @@ def test_variants_and_initialisation():
 
 
 def test_transfer_from_32_to_64_pixels_loads_exactly_the_requested_layers():
-    specs = model_registry()
+    specs = registry.models()
     source = specs["attn_vgg"].build(100, input_size=32, width=0.125).state_dict()
     target = specs["attn_vgg"].build(6, input_size=64, width=0.125)
     convs_only = transfer_state(target, source, exclude=("dense.", "projector.", "attn1.", "attn2.", "attn3.", "classify."))
@@ -195,7 +196,7 @@ def test_attention_report_command(tmp_path, capsys):
     from xviz_zoo.demo import PREPROCESSING
 
     torch.manual_seed(0)
-    net = model_registry()["attn_vgg"].build(6, input_size=64, width=0.125)
+    net = registry.models()["attn_vgg"].build(6, input_size=64, width=0.125)
     save_checkpoint(tmp_path / "a.pt", arch="attn_vgg", arch_options={"input_size": 64, "width": 0.125},
                     state_dict=net.state_dict(), class_names=CLASSES, preprocessing=PREPROCESSING)
     assert main(["attention-report", "--checkpoint", str(tmp_path / "a.pt"), "--limit", "8",
@@ -207,3 +208,91 @@ def test_attention_report_command(tmp_path, capsys):
 
     with Image.open(tmp_path / "rep" / "part_attention.png") as im:
         assert im.format == "PNG"
+
+
+def sharpened(normalize: str, size: int = 32) -> AttnVGG:
+    """An attention net whose compatibility scores are large enough that sigmoid maps span much of (0, 1)."""
+    torch.manual_seed(0)
+    net = AttnVGG(6, "before", "pc", normalize, input_size=size, width=0.125).eval()
+    with torch.no_grad():
+        for name in net.attention_layers:
+            getattr(net, name).u.weight.mul_(40)
+    return net
+
+
+def reference_view(net: AttnVGG, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SaoYan/LearnToPayAttention's visualize_attn_softmax / visualize_attn_sigmoid, transcribed: the block's
+    map upsampled by up_factor (bilinear, align_corners=False); softmax maps min-max per image
+    (make_grid normalize=True, scale_each=True), sigmoid maps as they are."""
+    import torch.nn.functional as F
+
+    scores = {}
+    handles = [getattr(net, n).register_forward_hook(lambda m, i, o, n=n: scores.__setitem__(n, o[0]))
+               for n in net.attention_layers]
+    with torch.no_grad():
+        net(x)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, c in scores.items():
+        n, _, w, h = c.shape
+        if net.attn1.normalize == "softmax":
+            a = F.softmax(c.view(n, 1, -1), dim=2).view(n, 1, w, h)
+        else:
+            a = torch.sigmoid(c)
+        up_factor = x.shape[-1] // w
+        if up_factor > 1:
+            a = F.interpolate(a, scale_factor=up_factor, mode="bilinear", align_corners=False)
+        if net.attn1.normalize == "softmax":
+            lo, hi = a.amin(dim=(2, 3), keepdim=True), a.amax(dim=(2, 3), keepdim=True)
+            a = (a - lo) / (hi - lo)
+        out[name] = a[:, 0]
+    return out
+
+
+@pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])
+def test_the_reference_view_draws_maps_as_the_authors_code_does(pm, normalize):
+    from xviz.explainer import explain_tensors
+
+    net, x = sharpened(normalize), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = reference_view(net, x)
+    default = {e.layer: e for e in explain_tensors(net, x, ["attention"], pm=pm)}
+    shown = {e.layer: e for e in explain_tensors(net, x, ["attention-reference"], pm=pm)}
+    for name in net.attention_layers:
+        assert (shown[name].raw == default[name].raw).all()  # the view changes the display, never the values
+        assert torch.allclose(torch.from_numpy(shown[name].maps[:, 0]), expected[name], atol=1e-5)
+        flat = default[name].maps.reshape(2, -1)
+        assert (flat.min(1) == 0).all() and (flat.max(1) == 1).all()  # the default: every map spans [0, 1]
+    if normalize == "sigmoid":  # unscaled: the maps keep their own range, which min-max would stretch
+        spans = [float(e.maps.max() - e.maps.min()) for e in shown.values()]
+        assert min(spans) < 0.9 and max(spans) > 0.2, spans
+
+
+def test_the_reference_view_from_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    from xviz.checkpoint import save_checkpoint
+    from xviz.cli import main
+    from xviz.data.synthetic import CLASSES
+    from xviz_zoo.demo import PREPROCESSING
+
+    options = {"input_size": 64, "width": 0.125, "normalize": "sigmoid"}
+    torch.manual_seed(0)
+    net = registry.models()["attn_vgg"].build(6, **options)
+    save_checkpoint(tmp_path / "a.pt", arch="attn_vgg", arch_options=options, state_dict=net.state_dict(),
+                    class_names=CLASSES, preprocessing=PREPROCESSING)
+    code = main(["explain", "--checkpoint", str(tmp_path / "a.pt"), "--method", "attention-reference",
+                 "--out", str(tmp_path / "o"), "plugins/xviz_zoo/assets/samples/winged.png"])
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == ["winged_attention-reference-attn1.png", "winged_attention-reference-attn2.png",
+                       "winged_attention-reference-attn3.png", "winged_attention-reference_layers.png"]
+    with Image.open(tmp_path / "o" / written[-1]) as im:
+        assert im.format == "PNG"
+
+
+def test_an_unknown_attention_view_is_a_one_line_error():
+    from xviz_attention import AttentionMaps
+
+    with pytest.raises(XvizError, match="unknown attention view `unscaled`: choose min-max or reference"):
+        AttentionMaps("unscaled")

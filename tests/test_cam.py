@@ -267,6 +267,18 @@ def test_normalize_maps_closed_form():
     np.testing.assert_allclose(signed[0, 0].numpy(), [[-1.0, 0.5]])
 
 
+def test_normalize_maps_on_a_fixed_range_keeps_the_values():
+    raw = torch.tensor([[[[0.2, 0.6], [0.5, 1.5]]], [[[0.5, 0.5], [0.5, 0.5]]]])
+    maps = normalize_maps(raw, (2, 2), value_range=(0.0, 1.0))
+    np.testing.assert_allclose(maps[0, 0].numpy(), [[0.2, 0.6], [0.5, 1.0]], atol=1e-7)  # clipped at hi
+    np.testing.assert_allclose(maps[1, 0].numpy(), 0.5)  # a constant map keeps its value on a fixed scale
+    up = normalize_maps(raw[:1], (4, 4), value_range=(0.0, 2.0))[0, 0]
+    ref = F.interpolate(raw[:1], size=(4, 4), mode="bilinear", align_corners=False)[0, 0] / 2
+    np.testing.assert_allclose(up.numpy(), ref.numpy(), atol=1e-7)
+    signed = normalize_maps(torch.tensor([[[[-2.0, 1.0]]]]), (1, 2), signed=True, value_range=(-4.0, 4.0))
+    np.testing.assert_allclose(signed[0, 0].numpy(), [[-0.5, 0.25]])
+
+
 @pytest.mark.parametrize("layer", ["layer4.0.bn2", "layer4.1.bn2", "layer3"])
 def test_inplace_add_in_resnet_blocks(layer):
     """`out += identity` modifies a block's bn2 output in place; xviz must explain the value before it."""

@@ -4,6 +4,8 @@ IG completeness, per-target top-k, bounded internal batches, the model left as f
 
 import copy
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +139,62 @@ def test_noise_is_seeded_per_image_and_leaves_the_global_rng_alone(pm, tiny, ima
     np.testing.assert_allclose(alone[0], a[2], rtol=1e-5, atol=1e-7)
 
 
+def stated_reductions() -> dict[str, str]:
+    """``{method: "sum" | "mean" | "maximum"}``: how docs/attributions.md says each method reduces the
+    colour channels."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "attributions.md").read_text()
+    rows = re.findall(r"^\| (sum|mean|maximum) over channels \| ([^|]+) \|", text, re.M)
+    return {name: how for how, names in rows for name in re.findall(r"`([^`]+)`", names)}
+
+
+SMALL = {"integrated-gradients": IntegratedGradients(n_steps=5), "saliency": Saliency(),
+         "guided-backprop": GuidedBackprop(), "guided-gradcam": GuidedGradCAM(),
+         "occlusion": Occlusion(window=4, stride=2),
+         "smoothgrad": SmoothGrad(samples=5, internal_batch_size=2),
+         "integrated-gradients-smooth": SmoothIntegratedGradients(samples=3, n_steps=4, internal_batch_size=4)}
+
+
+def captum_alone(name: str, model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """(1, C, H, W): captum called directly, as a user would, for one image and one target."""
+    from captum import attr
+
+    m = SMALL[name]
+    if name in ("smoothgrad", "integrated-gradients-smooth"):
+        torch.manual_seed(m.seed)
+        base = attr.Saliency(model) if name == "smoothgrad" else attr.IntegratedGradients(model)
+        options = {"abs": True} if name == "smoothgrad" else dict(
+            n_steps=m.n_steps, baselines=0.0, method="gausslegendre", internal_batch_size=m.internal_batch_size)
+        return attr.NoiseTunnel(base).attribute(x, nt_type="smoothgrad", nt_samples=m.samples,
+                                                nt_samples_batch_size=m.internal_batch_size, target=target,
+                                                stdevs=m.stdev * float(x.max() - x.min()), **options)
+    if name == "integrated-gradients":
+        return attr.IntegratedGradients(model).attribute(x, baselines=0.0, target=target, n_steps=m.n_steps,
+                                                         method="gausslegendre")
+    if name == "saliency":
+        return attr.Saliency(model).attribute(x, target=target, abs=True)
+    if name == "guided-backprop":
+        return attr.GuidedBackprop(model).attribute(x, target=target)
+    if name == "guided-gradcam":
+        return attr.GuidedGradCam(model, model.body[3]).attribute(x, target=target, interpolate_mode="bilinear")
+    return attr.Occlusion(model).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), baselines=0.0,
+                                           target=target)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_map_is_captum_alone_reduced_over_channels_as_the_attributions_page_states(pm, tiny, images, name):
+    """Every (image, target) of a top-3 batch equals captum called for that image and target alone (the noise
+    methods after the same ``torch.manual_seed``), reduced over the channels as docs/attributions.md says."""
+    stated = stated_reductions()
+    assert set(stated) == set(NAMES)
+    reduce = {"sum": lambda a: a.sum(1), "mean": lambda a: a.mean(1), "maximum": lambda a: a.amax(1)}[stated[name]]
+    exp = run(tiny, images[:2], SMALL[name], layer="body.3", topk=3, pm=pm)
+    for n in range(2):
+        for k in range(3):
+            expected = reduce(captum_alone(name, tiny, images[n:n + 1], int(exp.targets[n, k])))[0].detach()
+            np.testing.assert_allclose(exp.raw[n, k], expected.numpy(), rtol=1e-4,  # batched vs alone: float error
+                                       atol=1e-5 * float(expected.abs().max()), err_msg=f"image {n}, target {k}")
+
+
 # ---- guided backprop ------------------------------------------------------------------------------------------
 
 def test_guided_backprop_equals_a_hand_written_backward_on_a_relu_mlp(pm):
@@ -246,7 +304,8 @@ def test_integrated_gradients_completeness_on_the_demo_model(pm, demo):
 # ---- targets, batches, state ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", [IntegratedGradients(n_steps=5), Saliency(), GuidedBackprop(), GuidedGradCAM(),
-                                    Occlusion(window=4, stride=4)], ids=lambda m: m.name)
+                                    Occlusion(window=4, stride=4), SmoothGrad(samples=4, internal_batch_size=3),
+                                    SmoothIntegratedGradients(samples=2, n_steps=3)], ids=lambda m: m.name)
 def test_topk_maps_equal_single_target_runs(pm, tiny, images, method):
     exp = run(tiny, images[:2], method, layer="body.3", topk=3, pm=pm)
     assert exp.raw.shape == (2, 3, 16, 16) and len(set(exp.targets[0])) == 3
@@ -275,7 +334,9 @@ def test_internal_batch_size_bounds_the_batch_the_model_sees(pm, tiny, method):
     x = batch(3, 16)  # 3 images x 2 targets = 6 rows
     run(model, x, method, topk=2, pm=pm)
     assert model.sizes[0] == 3  # the shared forward pass
-    assert max(model.sizes[1:]) == 4, model.sizes
+    # filled up to the bound (integrated-gradients-smooth: captum splits 3 noisy copies x 4 steps into chunks
+    # of 4 // 3 = 1 step of the 3 copies)
+    assert max(model.sizes[1:]) == (3 if isinstance(method, SmoothIntegratedGradients) else 4), model.sizes
 
 
 def test_captum_alone_does_not_bound_the_batch_by_internal_batch_size(tiny):

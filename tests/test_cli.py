@@ -284,3 +284,111 @@ def test_layers_needs_no_download(run_cli, monkeypatch, tmp_path):
     assert code == 0, err
     assert [line.split()[0] for line in out.splitlines()].count("layer4.1.relu") == 1
     assert re.search(r"^layer4 +512x7x7 +default", out, re.M)
+
+
+# --- files written by explain: temporaries, interruptions, write failures, names -------------------
+
+def test_stale_temporaries_are_removed_and_nothing_else(run_cli, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    stale = [out / ".winged_gradcam.png.k3j_9x0a.png", out / ".winged_gradcam_raw.npy.abcdefgh.npy"]
+    for path in stale:
+        path.write_bytes(b"\x89PNG partial")
+    kept = [out / ".keep", out / "notes.png", out / ".winged.png.backup"]
+    for path in kept:
+        path.write_text("mine")
+    code, _, err = run_cli("explain", "--model", "xviz-demo", "--out", out, SAMPLES / "winged.png")
+    assert code == 0, err
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_text() == "mine" for p in kept)
+
+
+def test_interrupted_explain_leaves_no_partial_file(run_cli, tmp_path, monkeypatch):
+    saved = []
+    real_save = Image.Image.save
+
+    def save_then_interrupt(self, fp, *args, **kwargs):
+        if saved:  # the second picture: a partial file, then Ctrl-C
+            Path(fp).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    out = tmp_path / "o"
+    code, _, err = run_cli("explain", "--model", "xviz-demo", "--out", out, SAMPLES)
+    assert code == 130 and err.strip().splitlines()[-1] == "xviz: interrupted"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["horned_gradcam.png"]  # the one finished overlay; no hidden partial file
+    with Image.open(out / "horned_gradcam.png") as im:
+        assert im.size == (256, 256)
+
+
+@pytest.mark.parametrize("errno_, hint", [(28, "the disk is full: free space or choose another --out"),
+                                          (13, "permission denied: choose another --out")])
+def test_write_failure_counts_what_was_written(run_cli, tmp_path, monkeypatch, errno_, hint):
+    import xviz.outputs
+
+    calls = []
+    real = xviz.outputs.save_png
+
+    def fail_on_third(picture, path, *args):
+        calls.append(path)
+        if len(calls) == 3:  # overlay 1, panel 1, then overlay 2 fails
+            raise OSError(errno_, "refused", str(path))
+        return real(picture, path, *args)
+
+    monkeypatch.setattr(xviz.outputs, "save_png", fail_on_third)
+    code, out, err = run_cli("explain", "--model", "xviz-demo", "--panel", "--out", tmp_path / "o", SAMPLES)
+    assert code == 2 and out == "" and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # below the progress bar, on a line of its own
+    assert last == f"xviz: error: could not write into `{tmp_path / 'o'}`: {hint}; 1 overlay(s) were written before"
+
+
+def test_the_same_file_twice_is_explained_once(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(SAMPLES)
+    code, stdout, err = run_cli("explain", "--model", "xviz-demo", "--out", tmp_path / "o", "winged.png",
+                                "./winged.png", SAMPLES / "winged.png")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["winged_gradcam.png"]
+    assert "wrote 1 overlay(s)" in stdout
+
+
+def test_long_names(run_cli, tmp_path, demo):
+    from xviz.checkpoint import save_checkpoint
+
+    long_class = "a-very-long-class-name-" * 14  # 322 characters: cut in file names
+    ckpt = tmp_path / "long.pt"
+    save_checkpoint(ckpt, arch="xviz-demo", state_dict=demo.module.state_dict(),
+                    class_names=[long_class + str(i) for i in range(6)], preprocessing=demo.preprocessing)
+    code, stdout, err = run_cli("explain", "--checkpoint", ckpt, "--topk", "2", "--out", tmp_path / "o",
+                                SAMPLES / "winged.png")
+    assert code == 0, err
+    assert all(len(p.name) < 120 for p in (tmp_path / "o").iterdir()) and "wrote 2 overlay(s)" in stdout
+
+    image = tmp_path / ("x" * 240 + ".png")  # a valid name; with `_gradcam_top1-...` added, too long
+    image.write_bytes((SAMPLES / "winged.png").read_bytes())
+    code, _, err = run_cli("explain", "--model", "xviz-demo", "--topk", "2", "--out", tmp_path / "p", image)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and "free space" not in err
+    assert last.startswith(f"xviz: error: could not write into `{tmp_path / 'p'}`: the file name `{'x' * 240}_gradcam_")
+    assert last.endswith("is too long for the file system: shorten the image's file name or explain fewer targets "
+                         "(--topk); 0 overlay(s) were written before")
+
+
+def test_shell_completion_of_commands_and_method_names(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def complete(line):
+        out = tmp_path / "completions"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("XVIZ_")}, "_ARGCOMPLETE": "1",
+               "COMP_LINE": line, "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+        done = subprocess.run([sys.executable, "-m", "xviz"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return sorted(out.read_text().replace("\x0b", " ").split())
+
+    assert complete("xviz expl") == ["explain"]
+    assert complete("xviz explain --method gradc") == ["gradcam", "gradcampp"]
+    assert complete("xviz layers --model resnet1") == ["resnet101", "resnet152", "resnet18"]

@@ -161,7 +161,7 @@ def test_find_mistakes_reports_predicted_and_actual(demo):
     from PIL import Image
 
     from xviz.data.synthetic import sample
-    from xviz.gallery import find_mistakes
+    from xviz.evaluation.mistakes import find_mistakes
 
     # the true labels shifted by one class: every image the demo model gets right becomes a mistake
     shifted = [(demo.preprocessing.view(Image.fromarray(sample(i, "test").image)), (i % 6 + 1) % 6) for i in range(6)]
@@ -338,7 +338,7 @@ def test_the_readme_links_the_gallery_and_keeps_its_first_commands():
     readme = (ROOT / "README.md").read_text()
     assert "docs/gallery/index.md" in readme
     assert readme.splitlines()[3:5] == [
-        "make demo   # sets up .venv, explains the bundled sample images with GradCAM++ -> demo-out/",
+        "make demo   # sets up .venv, explains the bundled sample images with GradCAM++ -> demo-out/ (open demo-out/index.html)",
         "make test   # sets up .venv, runs the test suite (fast set; `make test-all` adds the slow ones)",
     ]
 

@@ -13,7 +13,7 @@ from torch import nn
 import xviz
 from xviz import registry
 from xviz.errors import XvizError
-from xviz.evaluate import (RANDOM, auc, average_drop_increase, energy_pointing, evaluate, mask_by_map,
+from xviz.evaluation import (RANDOM, auc, average_drop_increase, energy_pointing, evaluate, mask_by_map,
                            perturbation_curves, pixel_ranks, pointing_game, randomized_copy, spearman, ssim)
 from xviz.methods import Method
 from xviz.models import ModelSpec
@@ -227,7 +227,7 @@ def test_spearman_and_ssim():
 
 
 def test_boxes_follow_the_resize_and_crop():
-    from xviz.evaluate import region_kinds, regions_of
+    from xviz.evaluation import region_kinds, regions_of
     from xviz.images import Preprocessing
 
     class Boxes:  # CUB's interface: box(i) = (x, y, width, height) in original pixels, image(i)
@@ -342,7 +342,7 @@ def test_cli_bad_names(cli, tmp_path, args, expected):
 
 
 def test_default_methods_are_those_that_apply(demo, sobel_pm):
-    from xviz.evaluate import applicable_methods
+    from xviz.evaluation import applicable_methods
 
     example = torch.zeros(1, 3, 64, 64)
     ok, why = applicable_methods(demo, example, pm=sobel_pm)

@@ -272,6 +272,33 @@ def test_non_finite_loss_stops_and_suggestions_stay_finite():
     assert model.w.item() == 0.0
 
 
+def test_a_constant_negative_loss_stops_at_the_first_step_and_says_why():
+    model = Stub()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    with pytest.raises(XvizError) as err:  # -1 > 4 * -1: the divergence rule fires at once, as in fastai
+        lr_find(model, ONE_BATCH, optimizer, loss_fn=scripted_loss([-1.0] * 20), num_iter=20, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "not finite" not in message
+    assert "loss -1 is negative" in message and "diverge=None" in message
+    assert model.w.item() == 0.0 and optimizer.param_groups[0]["lr"] == 1.0
+    result = lr_find(model, ONE_BATCH, optimizer, loss_fn=scripted_loss([-1.0] * 20), num_iter=20, diverge=None,
+                     progress=False)  # what the message advises
+    assert not result.stopped_early and len(result.lrs) == 20
+    falling = [1.0, 0.6, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7]  # still falling, but below zero from step 4 on
+    result = lr_find(model, ONE_BATCH, optimizer, loss_fn=scripted_loss(falling), num_iter=8, smooth=0.0,
+                     progress=False)
+    assert result.stopped_early and result.losses[-1] == -0.1  # stopped at the first negative loss, as documented
+
+
+def test_too_few_points_say_which_step_failed():
+    with pytest.raises(XvizError, match="not finite from the start"):
+        suggest([1e-3, 1e-2], [float("nan"), 1.0])
+    with pytest.raises(XvizError, match=r"not finite from the second step of the range test \(lr 0.01\)"):
+        suggest([1e-3, 1e-2], [1.0, float("inf")])
+    with pytest.raises(XvizError, match="recorded 1 step"):
+        suggest([1e-3], [-1.0])
+
+
 def test_a_full_run_without_divergence_is_not_stopped_early():
     values = [1.0 - 0.01 * i for i in range(40)]
     model = Stub()
@@ -318,9 +345,67 @@ def test_valley_is_fastais_longest_decreasing_subsequence():
     assert valley_index([3, 5, 4, 2, 6, 1, 0.5, 7]) == 2
     # strictly falling over 10 points: start = 9 - 10 = -1, L = 10, index = -1 + 3 + 1 = 3
     assert valley_index(np.linspace(10, 1, 10)) == 3
-    # never falling: the first point (fastai would wrap around to the last one)
-    assert valley_index([1, 2, 3, 4]) == 0
-    assert valley_index([1, 1, 1, 1]) == 0
+    # never falling: the first point, as in fastai
+    assert valley_index([1, 2, 3, 4]) == 0 == fastai_valley_index([1, 2, 3, 4])
+    assert valley_index([1, 1, 1, 1]) == 0 == fastai_valley_index([1, 1, 1, 1])
+
+
+def fastai_valley_index(losses):
+    """fastai's ``valley`` (fastai/callback/schedule.py), transcribed: the index it reads ``lrs[idx]`` at."""
+    n = len(losses)
+    max_start, max_end = 0, 0
+    lds = [1] * n
+    for i in range(1, n):
+        for j in range(0, i):
+            if (losses[i] < losses[j]) and (lds[i] < lds[j] + 1):
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    return max_start + int(sections) + int(sections / 2)
+
+
+def test_valley_departs_from_fastai_only_where_its_docstring_says():
+    # the documented case: the longest decreasing subsequence has length 2 and ends at index 1
+    assert fastai_valley_index([2, 1, 3, 4]) == -1  # fastai reads lrs[-1]: the highest learning rate tried
+    assert valley_index([2, 1, 3, 4]) == 0
+    rng = np.random.default_rng(0)
+    wrapped = 0
+    for _ in range(3000):
+        losses = list(rng.integers(0, 6, size=int(rng.integers(2, 9))).astype(float))  # short, ties: all shapes
+        theirs = fastai_valley_index(losses)
+        documented_case = valley_run_length(losses) == 2 and first_end_of_longest(losses) == 1
+        assert (theirs == -1) == documented_case, losses
+        assert valley_index(losses) == (0 if documented_case else theirs), losses
+        wrapped += documented_case
+    assert wrapped > 50  # common on short curves: the loop did test it
+
+
+def valley_run_length(losses) -> int:
+    """Length of the longest strictly decreasing subsequence (an independent O(n^2) count)."""
+    best = [1] * len(losses)
+    for i in range(len(losses)):
+        best[i] = 1 + max([best[j] for j in range(i) if losses[j] > losses[i]], default=0)
+    return max(best)
+
+
+def first_end_of_longest(losses) -> int:
+    """Where the first longest strictly decreasing subsequence ends."""
+    return next(i for i in range(len(losses)) if valley_run_length(losses[: i + 1]) == valley_run_length(losses))
+
+
+def test_steep_is_a_central_difference_where_fastai_uses_a_forward_one():
+    """The documented difference: on a flat curve with a one-batch dip, then a steady descent, fastai's forward
+    difference picks the dip; the central difference (numpy.gradient, torch-lr-finder's) the descent."""
+    lrs = np.geomspace(1e-6, 1, 60)
+    losses = 2.0 - 0.75 * (1 + np.tanh((np.arange(60) - 40) / 3))  # the real descent, steepest at step 40
+    losses[15] -= 0.3                                                # one batch 0.3 below its neighbours
+    steep, _, _ = suggest(lrs, losses, num_iter=0)  # on the points 0 .. 54 (the last 5 are left out)
+    assert steep == lrs[40]
+    assert int(np.argmin(np.gradient(losses[:55]))) == 40  # torch-lr-finder's rule on the same points agrees
+    forward = (losses[1:55] - losses[:54]) / np.diff(np.log(lrs[:55]))  # fastai v2's `steep`, transcribed
+    assert int(np.argmin(forward)) == 14                            # ... lands on the dip
 
 
 def test_steep_is_the_most_negative_slope_in_log_lr():

@@ -1,5 +1,6 @@
 """The training subsystem: recipes, freeze schedules, optimisers and schedules, checkpoints, exact resume."""
 
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,7 @@ def test_bundled_recipes_are_valid():
     for name in RECIPE_NAMES:
         cfg = make_config(name)
         assert cfg.epochs >= 1 and cfg.model
+        assert cfg.sync_bn == (cfg.batch_size <= 48 and cfg.dataset != "synthetic"), name  # small batches per process
 
 
 @pytest.mark.parametrize("name", RECIPE_NAMES)
@@ -84,9 +86,9 @@ def _changed(before, after):
 def test_freeze_then_unfreeze_changes_the_right_parameters(tmp_path, train_bn):
     cfg = tiny(tmp_path / "run", epochs=2, unfreeze={"head": 1, "all": 2}, train_bn=train_bn, augment=[])
     torch.manual_seed(cfg.seed)
-    from xviz.models import model_registry
+    from xviz import registry
 
-    start = model_registry()["xviz-demo"].build(6).state_dict()
+    start = registry.models()["xviz-demo"].build(6).state_dict()
     train(cfg, log=lambda *a: None)
     after1 = weights(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")
     after2 = weights(tmp_path / "run" / "checkpoints" / "epoch-0002.pt")
@@ -250,9 +252,10 @@ def test_resume_refuses_another_architecture(tmp_path):
 # --- models and transfer --------------------------------------------------------------------------
 
 def test_transfer_loads_only_matching_layers(tmp_path):
-    from xviz.models import model_registry, transfer_state
+    from xviz.models import transfer_state
+    from xviz import registry
 
-    specs = model_registry()
+    specs = registry.models()
     source = specs["cifar_resnet18"].build(10).state_dict()
     target = specs["cifar_resnet18"].build(200)
     report = transfer_state(target, source)
@@ -274,9 +277,9 @@ def test_training_from_a_checkpoint_with_another_head(tmp_path, capsys):
 
 
 def test_concat_head_structure():
-    from xviz.models import model_registry
+    from xviz import registry
 
-    model = model_registry()["resnet18"].build(7, head="concat")
+    model = registry.models()["resnet18"].build(7, head="concat")
     kinds = [type(m).__name__ for m in model.fc]
     assert type(model.avgpool).__name__ == "AdaptiveConcatPool2d"
     assert kinds == ["Flatten", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
@@ -284,34 +287,195 @@ def test_concat_head_structure():
     x = torch.randn(2, 512, 3, 3)
     assert torch.equal(model.avgpool(x)[:, :512, 0, 0], x.amax((2, 3)))
     with pytest.raises(XvizError, match="unknown head `mlp`"):
-        model_registry()["resnet18"].build(7, head="mlp")
+        registry.models()["resnet18"].build(7, head="mlp")
 
 
 def test_cifar_resnet18_architecture():
-    from xviz.models import model_registry
+    from xviz import registry
 
-    model = model_registry()["cifar_resnet18"].build(10)
+    model = registry.models()["cifar_resnet18"].build(10)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962  # kuangliu's ResNet18
-    from xviz.hooks import spatial_layers
+    from xviz.capture import spatial_layers
 
     assert spatial_layers(model, torch.randn(1, 3, 32, 32))[-1] == ("layer4", (512, 4, 4))
 
 
 # --- distributed ------------------------------------------------------------------------------------
 
+def _torchrun(args, port):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "xviz", "train", "--model", "xviz-demo", "--dataset", "synthetic", "--dataset-options", "size=32",
-           "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = _torchrun(["-m", "xviz", "train", "--model", "xviz-demo", "--dataset", "synthetic", "--dataset-options",
+                      "size=32", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--out", str(out)], 29517)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 2/2 - train loss") == 1  # rank 0 alone logs
     data = read_checkpoint(out / "last.pt")
     assert len(data["history"]) == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+    best = max(h["test_acc"] for h in data["history"])
+    assert proc.stdout.count("best test accuracy") == 1 and f"best test accuracy {100 * best:.2f}%" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """tests/ddp_runs.py on 2 gloo processes: a user's own model and data, three runs, then an empty dataset."""
+    out = tmp_path_factory.mktemp("ddp-runs")
+    proc = _torchrun([str(ROOT / "tests" / "ddp_runs.py"), str(out)], 29518)
+    ranks = {name: [json.loads((out / f"{name}-rank{r}.json").read_text()) for r in (0, 1)]
+             for name in ("plain", "sync-bn", "lonely") if (out / f"{name}-rank1.json").is_file()}
+    return out, proc, ranks
+
+
+def _one_process(tmp_path, name):
+    """The scenario on one process with the same global batch (2 x the per-process batch)."""
+    import ddp_runs
+
+    settings = dict(ddp_runs.SCENARIOS[name])
+    settings["batch_size"] = 2 * settings.get("batch_size", 4)
+    result = train(ddp_runs.config(tmp_path / name, **settings), pm=ddp_runs.plugin_manager(), log=lambda *a: None)
+    return result, ddp_runs.BUILT[-1]
+
+
+@pytest.mark.parametrize("name", ["plain", "sync-bn"])
+def test_two_processes_report_and_train_as_one_process_with_the_global_batch(ddp_runs, tmp_path, name):
+    out, proc, ranks = ddp_runs
+    assert name in ranks, proc.stderr[-3000:]
+    ref, ref_model = _one_process(tmp_path, name)
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    for rank in ranks[name]:  # every rank holds the all-rank numbers, equal to one process's
+        assert [[row[k] for k in keys] for row in rank["history"]] == \
+            [pytest.approx([row[k] for k in keys], rel=1e-5, abs=1e-7) for row in ref.history]
+        assert rank["best_acc"] == ref.best_acc
+    assert [r["main"] for r in ranks[name]] == [True, False]
+    logged = [line for line in proc.stdout.split(f"--- {name}")[1].split("--- ")[0].splitlines() if line.startswith("epoch 2/2 - ")]
+    last = ref.history[-1]
+    assert len(logged) == 1 and logged[0].startswith(
+        f"epoch 2/2 - train loss {last['train_loss']:.4f} - train acc {100 * last['train_acc']:.2f}% - test loss "
+        f"{last['test_loss']:.4f} - test acc {100 * last['test_acc']:.2f}% - ")
+    ours, theirs = weights(out / name / "last.pt"), ref_model.state_dict()
+    for k, v in theirs.items():  # weights, and BatchNorm statistics over the combined batch with sync_bn
+        assert torch.allclose(ours[k].float(), v.float(), rtol=1e-4, atol=1e-6), k
+    # the test set (13 images) is sharded 7 + 6 without padding: each image tested once per epoch
+    assert [r["tested"] for r in ranks[name]] == [2 * 7, 2 * 6]
+
+
+def test_sync_bn_keeps_the_replicas_statistics_equal(ddp_runs):
+    _, proc, ranks = ddp_runs
+    assert "sync-bn" in ranks, proc.stderr[-3000:]
+    rank0, rank1 = (r["buffers"] for r in ranks["sync-bn"])
+    assert rank0.keys() == {"features.1.running_mean", "features.1.running_var"} and rank0 == rank1
+
+
+def test_a_last_batch_of_one_per_process_is_left_out_once_said(ddp_runs):
+    _, proc, ranks = ddp_runs
+    assert "lonely" in ranks, proc.stderr[-3000:]  # BatchNorm1d in the head: a batch of one would crash
+    assert [len(r["history"]) for r in ranks["lonely"]] == [2, 2]
+    said = "the last batch of every epoch would hold 1 image per process, on which BatchNorm cannot train: it is left " \
+           "out (8 of 9 images per process per epoch)"
+    assert proc.stdout.count(said) == 1
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_sync_bn_conversion_keeps_each_layer_with_its_hooks(device_type):
+    from xviz import registry
+    from xviz.train.distributed import AllReduceBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = registry.models()["afs_resnet18"].build(6).eval()  # AFS gates hang on BatchNorm layers by hooks
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    hooks = {n: len(m._forward_hooks) for n, m in layers.items()}
+    convert_sync_batchnorm(model, device_type)
+    synced = torch.nn.SyncBatchNorm if device_type == "cuda" else AllReduceBatchNorm
+    assert {n: m for n, m in model.named_modules() if isinstance(m, synced)} == layers  # the same objects
+    assert all(isinstance(m, torch.nn.BatchNorm2d) for m in layers.values()) and sum(hooks.values()) > 0
+    assert {n: len(m._forward_hooks) for n, m in layers.items()} == hooks
+    assert torch.equal(model(x), before)  # evaluation (and one process) is plain BatchNorm
+    assert set(model.state_dict()) == set(registry.models()["afs_resnet18"].build(6).state_dict())
+
+
+def test_a_mistake_met_by_one_process_stops_all_and_is_said_by_it(ddp_runs):
+    out, proc, _ = ddp_runs
+    said = [json.loads((out / f"one-rank-rank{r}.json").read_text()) for r in (0, 1)]
+    assert said == ["exit 2", "the dots images are missing on this machine (rank 1)"], proc.stderr[-3000:]
+
+
+def test_an_empty_dataset_on_two_processes_is_one_line(ddp_runs):
+    _, proc, _ = ddp_runs
+    errors = [line for line in proc.stderr.splitlines() if "xviz: error:" in line]
+    assert errors == ["xviz: error: the train split of dataset `synthetic` holds no images: check --data and "
+                      "--dataset-options"]
+    assert proc.returncode != 0 and proc.stderr.count("Traceback") <= 1  # torchrun's report of the exit, none from ranks
+
+
+def test_a_last_batch_of_one_on_one_process(tmp_path, capsys):
+    import ddp_runs
+
+    pm = ddp_runs.plugin_manager()
+    result = train(ddp_runs.config(tmp_path / "run", model_options={"norm": "head"}, dataset_options={"size": 9}),
+                   pm=pm)
+    out = capsys.readouterr().out
+    assert out.count("the last batch of every epoch would hold 1 image, on which BatchNorm cannot train: it is left "
+                     "out (8 of 9 images per epoch)") == 1 and len(result.history) == 2
+    plain = train(ddp_runs.config(tmp_path / "plain", dataset_options={"size": 9}), pm=pm)  # no BatchNorm: all 9
+    assert "left out" not in capsys.readouterr().out and len(plain.history) == 2
+    with pytest.raises(XvizError, match="`tiny-user` has BatchNorm layers, which cannot train on batches of one image: "
+                                        "use a --batch-size of 2 or more$"):
+        train(ddp_runs.config(tmp_path / "one", model_options={"norm": "conv"}, batch_size=1), pm=pm)
+
+
+def test_an_empty_dataset_is_one_line(tmp_path, capsys):
+    from xviz.cli import main
+
+    assert main(["train", "--model", "xviz-demo", "--dataset-options", "size=0", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("xviz: error: the train split of dataset `synthetic` holds no images: check "
+                                       "--data and --dataset-options\n")
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_epoch(tmp_path, monkeypatch):
+    import ddp_runs
+
+    real, calls = ddp_runs.Tiny.forward, {"n": 0}
+
+    def diverging(self, x):  # the 6th training batch (epoch 2, step 2 of 4) gives NaN logits
+        out = real(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(ddp_runs.Tiny, "forward", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(XvizError) as info:
+        train(ddp_runs.config(run, epochs=3, scheduler="none"), pm=ddp_runs.plugin_manager(), log=lambda *a: None)
+    assert str(info.value) == (f"the training loss is not finite (nan) at epoch 2, step 2 of 4 (lr 0.2): training "
+                               f"stopped and `{run}` keeps epoch 1 (best.pt, last.pt, its checkpoint); start again "
+                               "with a lower --lr")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0001.pt"]
+    for name in ("best.pt", "last.pt"):
+        data = read_checkpoint(run / name)
+        assert data["epoch"] == 1 and all(torch.isfinite(v).all() for v in data["state_dict"].values())
+
+
+def test_lr_inf_saves_no_nan_model(tmp_path, capsys):
+    from xviz.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", "--model", "xviz-demo", "--dataset-options", "size=16", "--batch-size", "8",
+                 "--lr", "1e30", "--out", str(run)])
+    err = capsys.readouterr().err.split("\r")[-1]  # what the terminal shows once the progress bar is cleared
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("xviz: error: the training loss is not finite (nan) at epoch 1, step 2 of 2 (lr ")
+    assert err.endswith("training stopped and nothing was saved; start again with a lower --lr\n")
+    assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
 
 
 # --- commands around training ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from xviz.explainer import explain_tensors
-from xviz.hooks import capture_layer, token_grid_side
+from xviz.capture import capture_layer, token_grid_side
 
 from test_cam_family import patch_pgc
 

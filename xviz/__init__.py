@@ -5,9 +5,9 @@
     >>> [exp] = xviz.explain(model, ["bird.png"], methods=["gradcampp"])
 """
 
-from importlib import import_module
-
 import pluggy
+
+from xviz.specs import attributes_of
 
 __version__ = "0.1.0"
 
@@ -20,17 +20,15 @@ _LAZY = {
     "Explanation": "xviz.explanation",
     "load_model": "xviz.models",
     "LoadedModel": "xviz.models",
-    "ModelSpec": "xviz.models",
+    "ModelSpec": "xviz.specs",
     "Method": "xviz.methods",
+    "MethodSpec": "xviz.specs",
+    "lazy": "xviz.specs",
     "get_plugin_manager": "xviz.registry",
     "XvizError": "xviz.errors",
 }
 
 
-def __getattr__(name):  # keep `import xviz` light: torch loads on first use
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'xviz' has no attribute {name!r}")
-
+__getattr__ = attributes_of(_LAZY)  # keep `import xviz` light: torch loads on first use
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def read_checkpoint(path) -> dict:
     if not path.is_file():
         raise XvizError(f"checkpoint `{path}` does not exist: check the path")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise XvizError(f"checkpoint `{path}` cannot be read (permission denied): check its permissions") from None
     except Exception as exc:  # the unpickler fails in many ways on foreign bytes: IndexError, KeyError, EOFError, ...

@@ -9,11 +9,10 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +21,10 @@ from PIL import Image
 from torch import nn
 
 from xviz import registry
+from xviz.console import did_you_mean
 from xviz.errors import XvizError
 from xviz.explanation import Explanation, library_versions
-from xviz.hooks import capture_layers, find_layer, first_output, preserved_state, spatial_layers
+from xviz.capture import capture_layers, find_layer, first_output, preserved_state, spatial_layers
 from xviz.images import read_image
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel, check_finite_outputs
@@ -102,9 +102,7 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
             raise XvizError(f"class name `{target}` is ambiguous: classes {', '.join(map(str, hits))}; give the index")
         if hits:
             return hits[0]
-        close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(f'`{c}`' for c in close)}? " if close else ""
-        raise XvizError(f"unknown class `{target}`: {hint}give a class index 0-{num_classes - 1} or a name "
+        raise XvizError(f"unknown class `{target}`: {did_you_mean(target, names)}give a class index 0-{num_classes - 1} or a name "
                         "from `xviz models --classes NAME`")
     index = int(target)
     if not 0 <= index < num_classes:
@@ -112,12 +110,23 @@ def class_index(target, class_names: Sequence[str], num_classes: int) -> int:
     return index
 
 
-def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False) -> torch.Tensor:
+def normalize_maps(raw: torch.Tensor, size: tuple[int, int], signed: bool = False,
+                   value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """(N, K, h, w) -> (N, K, H, W): bilinear upsampling (``align_corners=False``) to ``size``, then per map
     ``(x - min) / (max - min)``, or ``x / max|x|`` when ``signed``. A map constant at its own resolution
-    (spread <= 1e-6 of its magnitude, e.g. all zero after the ReLU) becomes 0, not an upsampling artefact."""
+    (spread <= 1e-6 of its magnitude, e.g. all zero after the ReLU) becomes 0, not an upsampling artefact.
+    With a fixed ``value_range`` ``(lo, hi)`` (see :meth:`Method.display_range`), no per-map scaling:
+    ``(x - lo) / (hi - lo)`` clipped to [0, 1], or ``x / max(|lo|, |hi|)`` clipped to [-1, 1] when ``signed``."""
     maps = raw.detach().float()
     n, k, h, w = maps.shape
+    if value_range is not None:
+        lo, hi = map(float, value_range)
+        if (h, w) != tuple(size):
+            maps = F.interpolate(maps.reshape(n * k, 1, h, w), size=size, mode="bilinear", align_corners=False)
+        maps = maps.reshape(n, k, *size)
+        if signed:
+            return (maps / max(abs(lo), abs(hi))).clamp(-1.0, 1.0)
+        return ((maps - lo) / (hi - lo)).clamp(0.0, 1.0)
     raw_flat = maps.reshape(n, k, -1)
     spread = raw_flat.amax(-1, keepdim=True) - raw_flat.amin(-1, keepdim=True)
     constant = spread <= 1e-6 * raw_flat.abs().amax(-1, keepdim=True)  # also true for all-zero maps
@@ -174,8 +183,6 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     """
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.module if loaded else model
-    model_name = loaded.name if loaded else type(module).__name__
-    class_names = list(loaded.class_names) if loaded else []
     pm = pm or registry.default_plugin_manager()
     chosen = resolve_methods(methods, pm)
     if inputs.dim() != 4 or inputs.shape[0] == 0:
@@ -186,65 +193,82 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     reference = next((p for p in module.parameters() if p.is_floating_point()), None)
     if reference is not None:
         inputs = inputs.to(device=reference.device, dtype=reference.dtype)
-    needs_layer = any(m.uses_layer for m in chosen)
-    layer_name, layer_names = None, []
-    if needs_layer:
-        requested = layer_list(layer)
-        if len(requested) > 1:
-            layer_names = [resolve_layer(module, name, inputs)[0] for name in requested]
-        else:
-            layer_name, _ = resolve_layer(module, requested[0] if requested else None, inputs,
-                                          loaded.name if loaded else None, pm, warn=True)
-            layer_names = [layer_name]
-        layer_name = layer_names[0]
-
+    layer_names = _layers_to_capture(module, layer, inputs, loaded.name if loaded else None, pm) \
+        if any(m.uses_layer for m in chosen) else []
     for m in chosen:
         m.check(module, pm)
     with torch.inference_mode(False), torch.enable_grad(), preserved_state(module):
         if inputs.is_inference():
             inputs = inputs.clone()
-        with contextlib.ExitStack() as stack:
-            observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
-            if needs_layer:
-                captured = stack.enter_context(capture_layers([find_layer(module, n) for n in layer_names]))
-            logits = first_output(module(inputs))
-        activations = {name: c.activation for name, c in zip(layer_names, captured)} if needs_layer else {}
-        for name, act in activations.items():
-            if act is None:
-                raise XvizError(f"layer `{name}` did not run in the forward pass: choose another --layer")
-        activation = activations.get(layer_name)
-        if logits.dim() != 2:
-            raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
+        logits, activations, observed = _shared_forward(module, inputs, chosen, layer_names)
         check_finite_outputs(logits.detach(), model)
-        if not class_names:
-            class_names = [str(i) for i in range(logits.shape[1])]
+        class_names = (list(loaded.class_names) if loaded else []) or [str(i) for i in range(logits.shape[1])]
         targets = resolve_targets(logits.detach(), target, topk, class_names)
-        ctx = Context(module, inputs, logits, targets, layer_name, activation, layers=activations)
+        layer_name = layer_names[0] if layer_names else None
+        ctx = Context(module, inputs, logits, targets, layer_name, activations.get(layer_name), layers=activations)
         ctx.observed = observed
-        size = tuple(inputs.shape[-2:])
         try:
-            raws = []
-            for m in chosen:
-                for name, act in activations.items() if m.uses_layer else ():
-                    if act.dim() != 4 or act.shape[2] * act.shape[3] == 1:
-                        raise XvizError(f"layer `{name}` outputs shape {tuple(act.shape)}, not a spatial map "
-                                        f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
-                if m.uses_layer and len(layer_names) > 1:
-                    results = [m.compute(ctx.at(name)) for name in layer_names]
-                    if any(isinstance(r, dict) for r in results):  # a method explaining layers of its own
-                        raws.extend((m, name, raw.detach()) for name, raw in results[0].items())
-                        continue
-                    fused = fuse_layer_maps([r.detach() for r in results], size, m.signed)
-                    raws.append((m, ",".join(layer_names), fused))
-                    continue
-                result = m.compute(ctx)
-                per_layer = result.items() if isinstance(result, dict) else [(layer_name if m.uses_layer else None, result)]
-                raws.extend((m, name, raw.detach()) for name, raw in per_layer)
+            raws = _raw_maps(chosen, ctx, activations, layer_names, tuple(inputs.shape[-2:]))
         finally:
             ctx.release()
-
     probs = torch.softmax(logits.detach().float(), dim=1)
-    del logits, activation, activations
+    del logits, activations
+    model_name = loaded.name if loaded else type(module).__name__
+    return _explanations(module, raws, probs, targets, class_names, model_name, inputs_names,
+                         tuple(inputs.shape[-2:]))
+
+
+def _layers_to_capture(module: nn.Module, layer, inputs: torch.Tensor, model_name: str | None, pm) -> list[str]:
+    """The layer names to capture: those requested (checked), else the default one (see :func:`resolve_layer`)."""
+    requested = layer_list(layer)
+    if len(requested) > 1:
+        return [resolve_layer(module, name, inputs)[0] for name in requested]
+    name, _ = resolve_layer(module, requested[0] if requested else None, inputs, model_name, pm, warn=True)
+    return [name]
+
+
+def _shared_forward(module: nn.Module, inputs: torch.Tensor, chosen: list[Method], layer_names: list[str]):
+    """The one forward pass all methods share: ``(logits, {layer: activation}, {method: observed})``."""
+    with contextlib.ExitStack() as stack:
+        observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
+        captured = stack.enter_context(capture_layers([find_layer(module, n) for n in layer_names])) \
+            if layer_names else []
+        logits = first_output(module(inputs))
+    activations = {name: c.activation for name, c in zip(layer_names, captured)}
+    for name, act in activations.items():
+        if act is None:
+            raise XvizError(f"layer `{name}` did not run in the forward pass: choose another --layer")
+    if logits.dim() != 2:
+        raise XvizError(f"the model's output has shape {tuple(logits.shape)}; xviz explains (N, classes) scores")
+    return logits, activations, observed
+
+
+def _raw_maps(chosen: list[Method], ctx: Context, activations: dict, layer_names: list[str], size) -> list:
+    """``[(method, layer name, raw maps)]``: each method's maps, per layer for methods that explain
+    several, fused over ``layer_names`` when several were captured."""
+    raws = []
+    for m in chosen:
+        for name, act in activations.items() if m.uses_layer else ():
+            if act.dim() != 4 or act.shape[2] * act.shape[3] == 1:
+                raise XvizError(f"layer `{name}` outputs shape {tuple(act.shape)}, not a spatial map "
+                                f"(N, C, h, w): `{m.name}` needs a convolutional layer (see `xviz layers`)")
+        if m.uses_layer and len(layer_names) > 1:
+            results = [m.compute(ctx.at(name)) for name in layer_names]
+            if any(isinstance(r, dict) for r in results):  # a method explaining layers of its own
+                raws.extend((m, name, raw.detach()) for name, raw in results[0].items())
+                continue
+            raws.append((m, ",".join(layer_names), fuse_layer_maps([r.detach() for r in results], size, m.signed)))
+            continue
+        result = m.compute(ctx)
+        per_layer = result.items() if isinstance(result, dict) else [(ctx.layer if m.uses_layer else None, result)]
+        raws.extend((m, name, raw.detach()) for name, raw in per_layer)
+    return raws
+
+
+def _explanations(module: nn.Module, raws, probs: torch.Tensor, targets: torch.Tensor, class_names, model_name: str,
+                  inputs_names, size) -> list[Explanation]:
+    """One Explanation per raw map set: normalised maps (on the method's display range, if it has one),
+    targets, scores and predictions."""
     top_p, top_i = probs.max(dim=1)
     t = targets.cpu().numpy()
     common = dict(
@@ -263,17 +287,68 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         if raw.dim() != 4 or raw.shape[:2] != targets.shape:
             raise RuntimeError(f"method `{m.name}` returned shape {tuple(raw.shape)}, expected (N, K, h, w) = "
                                f"{tuple(targets.shape)} + (h, w)")
+        maps = normalize_maps(raw, size, m.signed, m.display_range(module, name))
         out.append(Explanation(
             method=m.name, layer=name, signed=m.signed,
-            raw=raw.float().cpu().numpy(), maps=normalize_maps(raw, size, m.signed).cpu().numpy(), **common,
+            raw=raw.float().cpu().numpy(), maps=maps.cpu().numpy(), **common,
         ))
     return out
 
 
-def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
-            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
-    """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
-    method covering all images."""
+@dataclass(frozen=True)
+class LayerChoice:
+    """The layer the layer methods explain, and how it was chosen: ``"given"``, ``"plugin"`` (the
+    model's default, from the ``xviz_default_target_layer`` hook) or ``"last spatial"``."""
+
+    name: str
+    how: str
+
+    def describe(self) -> str:
+        why = {"given": "as given", "plugin": "the model's default",
+               "last spatial": "the last layer with a spatial output"}[self.how]
+        return f"explaining layer `{self.name}` ({why}; choose another with --layer)"
+
+
+@dataclass
+class Batch:
+    """One batch of explained images: their ``names``, ``views`` (each image as the model sees it:
+    resized and cropped, a PIL image), one Explanation per method (per layer for methods that explain
+    several), the inputs that could not be read (``skipped``: ``(name, why)``) and the ``layer`` choice
+    (the same for every batch; ``None`` when no method uses a layer)."""
+
+    names: list[str]
+    views: list
+    explanations: list[Explanation]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    layer: LayerChoice | None = None
+
+
+def _input_name(image) -> str:
+    return (getattr(image, "filename", "") or "") if isinstance(image, Image.Image) else str(image)
+
+
+def _read_views(model: LoadedModel, images, skip_unreadable: bool):
+    names, views, skipped = [], [], []
+    for item in images:
+        try:
+            image = item if isinstance(item, Image.Image) else read_image(item)
+        except XvizError as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append((_input_name(item), str(exc)))
+            continue
+        names.append(_input_name(item))
+        views.append(model.preprocessing.view(image))
+    return names, views, skipped
+
+
+def explain_batches(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+                    layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16,
+                    pm=None, skip_unreadable: bool = False) -> Iterator[Batch]:
+    """Explain image files (or PIL images) with the model's own preprocessing, ``batch_size`` at a time:
+    one :class:`Batch` per batch, all methods sharing one pass (:func:`explain_tensors`). The layer is
+    chosen once, on the first batch. ``skip_unreadable``: an image that cannot be read is reported in
+    ``Batch.skipped`` instead of raising."""
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     if isinstance(methods, (str, Method)):
@@ -286,15 +361,33 @@ def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method
     if batch_size < 1:
         raise XvizError(f"batch_size {batch_size} must be at least 1")
     pm = pm or registry.default_plugin_manager()
-    names = [getattr(im, "filename", "") or "" if isinstance(im, Image.Image) else str(im) for im in images]
-    parts: list[list[Explanation]] = []
+    chosen = resolve_methods(methods, pm)
+    choice = None
     for start in range(0, len(images), batch_size):
-        chunk = [im if isinstance(im, Image.Image) else read_image(im) for im in images[start:start + batch_size]]
-        batch = torch.stack([model.preprocessing.tensor(im) for im in chunk])
-        if layer is None and any(m.uses_layer for m in resolve_methods(methods, pm)):
-            layer, _ = resolve_layer(model.module, None, batch, model.name, pm, warn=True)  # once, not per batch
-        parts.append(explain_tensors(model, batch, methods, layer=layer, target=target, topk=topk,
-                                     inputs_names=names[start:start + batch_size], pm=pm))
+        names, views, skipped = _read_views(model, images[start:start + batch_size], skip_unreadable)
+        if not views:
+            yield Batch(names, views, [], skipped, choice)
+            continue
+        batch = torch.stack([model.preprocessing.normalize(v) for v in views])
+        if choice is None and any(m.uses_layer for m in chosen):
+            choice = LayerChoice(",".join(layer_list(layer)), "given") if layer else \
+                LayerChoice(*resolve_layer(model.module, None, batch, model.name, pm))
+        explanations = explain_tensors(model, batch, chosen, layer=choice.name if choice else layer, target=target,
+                                       topk=topk, inputs_names=names, pm=pm)
+        yield Batch(names, views, explanations, skipped, choice)
+
+
+def explain(model: LoadedModel, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
+            layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None) -> list[Explanation]:
+    """Explain image files (or PIL images) with the model's own preprocessing; one Explanation per
+    method covering all images (the batches of :func:`explain_batches`, joined)."""
+    parts: list[list[Explanation]] = []
+    for batch in explain_batches(model, images, methods, layer=layer, target=target, topk=topk,
+                                 batch_size=batch_size, pm=pm):
+        if not parts and batch.layer is not None and batch.layer.how == "last spatial":
+            warnings.warn(f"explaining layer `{batch.layer.name}`, the last with a spatial output; pass layer= "
+                          "to choose another", stacklevel=2)
+        parts.append(batch.explanations)
     return [concat(list(group)) for group in zip(*parts)]
 
 

@@ -39,9 +39,17 @@ class Method:
     def check(self, model: nn.Module, pm=None) -> None:
         """Raise :class:`xviz.errors.XvizError` when the method cannot apply to ``model`` (before any work)."""
 
+    def display_range(self, model: nn.Module, layer: str | None) -> tuple[float, float] | None:
+        """A fixed ``(lo, hi)`` on which ``Explanation.maps`` show this method's raw maps at ``layer``
+        (``(x - lo) / (hi - lo)`` clipped to [0, 1]; signed: ``x / max(|lo|, |hi|)`` clipped to [-1, 1]), for
+        raw values with a meaning of their own such as sigmoid gates; None (the default): scaled per map."""
+        return None
+
     def observe(self, model: nn.Module):
         """A context manager active during the shared forward pass; what its ``__enter__`` returns is
-        ``ctx.observed[self.name]`` (e.g. hooks that record a module's outputs). Default: nothing."""
+        ``ctx.observed[self.name]`` (e.g. hooks that record a module's outputs). Record copies
+        (``output.detach().clone()``): the network may change a module's output in place afterwards
+        (``ReLU(inplace=True)``, ``out += identity``). Default: nothing."""
         return contextlib.nullcontext()
 
     def __repr__(self) -> str:

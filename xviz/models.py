@@ -1,6 +1,6 @@
 """Model names and checkpoints -> a module with its preprocessing and class names.
 
-Plugins register :class:`ModelSpec` through ``xviz_register_models``. :func:`load_model` resolves
+Plugins register :class:`xviz.specs.ModelSpec` through ``xviz_register_models``. :func:`load_model` resolves
 ``--model NAME --weights DEFAULT|none|PATH`` or ``--checkpoint PATH`` into a :class:`LoadedModel`.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from xviz import registry
 from xviz.checkpoint import read_checkpoint
 from xviz.errors import XvizError
 from xviz.images import Preprocessing
+from xviz.specs import ModelSpec
 
 
 @dataclass
@@ -35,27 +35,6 @@ class LoadedModel:
         return self
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model.
-
-    * ``build(num_classes, **options) -> nn.Module``: the architecture, randomly initialised;
-      ``options`` are architecture choices (e.g. ``head="concat"``) and are stored in checkpoints
-      as ``arch_options``. A builder raises :class:`XvizError` for an option it does not know.
-    * ``pretrained(weights) -> LoadedModel``: the model with named pretrained weights (``"DEFAULT"``
-      or an enum name like ``"IMAGENET1K_V1"``); ``None`` when there are none.
-    * ``preprocessing``, ``class_names``: used with ``--weights none`` or a bare state dict.
-    """
-
-    name: str
-    build: Callable[..., nn.Module]
-    preprocessing: Preprocessing
-    class_names: Sequence[str]
-    summary: str = ""
-    pretrained: Callable[[str], LoadedModel] | None = None
-    family: str = ""
-
-
 def check_finite_outputs(outputs: torch.Tensor, model: LoadedModel | nn.Module) -> torch.Tensor:
     """``outputs`` (the model's scores) unchanged when every value is finite; otherwise a one-line
     XvizError naming where the model came from: NaN scores have no predicted class to explain or rank."""
@@ -66,10 +45,6 @@ def check_finite_outputs(outputs: torch.Tensor, model: LoadedModel | nn.Module) 
                     "(a training run that diverged?): pick another checkpoint or retrain")
 
 
-def model_registry(pm=None) -> dict[str, ModelSpec]:
-    return registry.models(pm or registry.default_plugin_manager())
-
-
 def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint: str | Path | None = None,
                pm=None) -> LoadedModel:
     """Resolve a model by name and weights, or from an xviz checkpoint.
@@ -78,7 +53,7 @@ def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint:
     ``"none"`` for random initialisation, or a path to a checkpoint / state dict of this
     architecture.
     """
-    loaded = _load(name, "none" if weights is None else str(weights), checkpoint, model_registry(pm))
+    loaded = _load(name, "none" if weights is None else str(weights), checkpoint, registry.models(pm))
     loaded.module.eval()
     return loaded
 
@@ -112,13 +87,15 @@ def pretrained(spec: ModelSpec, weights: str) -> LoadedModel:
 
 def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None) -> LoadedModel:
     """Rebuild the model an xviz checkpoint describes and load its weights."""
-    specs = specs if specs is not None else model_registry()
+    specs = specs if specs is not None else registry.models()
     data = read_checkpoint(path)
     arch = data.get("arch")
     if arch is None:
         raise XvizError(
             f"`{path}` is a bare state dict with no architecture: use --model NAME --weights {path}"
         )
+    if arch in getattr(specs, "clashes", {}):
+        raise XvizError(specs.clash_message(arch))
     if arch not in specs:
         raise XvizError(f"checkpoint `{path}` is for model `{arch}`, which no installed plugin provides "
                         "(`xviz models` lists them)")

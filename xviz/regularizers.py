@@ -18,11 +18,10 @@ model; its ``state_dict()`` is kept in checkpoints for an exact ``--resume``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
+
+from xviz.specs import RegularizerSpec  # noqa: F401  (declared there, light)
 
 
 class Regularizer(nn.Module):
@@ -42,12 +41,3 @@ class Regularizer(nn.Module):
 
     def close(self) -> None:
         """Remove hooks from the model (called when training ends)."""
-
-
-@dataclass(frozen=True)
-class RegularizerSpec:
-    """A registered regulariser: ``build(model=, source=, head=, example=, **options) -> Regularizer``."""
-
-    name: str
-    build: Callable[..., Regularizer]
-    summary: str = ""

@@ -58,6 +58,7 @@ class AFSGate(nn.Module):
         self.enabled = True
         self.pooled: torch.Tensor | None = None  # GAP(x) of the current forward pass
         self.last: dict | None = None  # what the last forward computed, when recording
+        self.record_outputs = True  # record the gated output too (not only h, keep, scale)
 
     def pool_input(self, conv: nn.Module, args: tuple) -> None:
         """Forward pre-hook of the gated ``conv``: remember GAP(x). (A bound method, so a deep copy
@@ -81,10 +82,12 @@ class AFSGate(nn.Module):
             return y
         scale, h, keep = self.scale(self.pooled)
         self.pooled = None
-        if self.last is not None:
-            self.last = {"importance": h.detach(), "keep": keep, "scale": scale.detach(), "output": y * scale[:, :, None, None]}
-            return self.last["output"]
-        return y * scale[:, :, None, None]
+        out = y * scale[:, :, None, None]
+        if self.last is not None:  # copies made now: the block modifies ``out`` in place (ReLU, ``+= identity``)
+            self.last = {"importance": h.detach().clone(), "keep": keep.clone(), "scale": scale.detach().clone()}
+            if self.record_outputs:
+                self.last["output"] = out.detach().clone()
+        return out
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]:
@@ -142,15 +145,19 @@ def set_gates(model: nn.Module, enabled: bool) -> None:
 
 class recording:
     """Context manager: ``{layer: what its gate computed}`` (importance h, keep, scale, output) for
-    the forward passes run inside it (the last one per layer); filled when the context closes."""
+    the forward passes run inside it (the last one per layer; ``outputs=False``: without the output);
+    filled when the context closes. Each record is a copy taken when the gate ran, so ``output`` is
+    the gated BatchNorm output itself, never what the block later makes of it in place (its ReLU,
+    the residual add)."""
 
-    def __init__(self, model):
+    def __init__(self, model, outputs: bool = True):
         self.found = require_gates(model, "afs-channels")
         self.records: dict[str, dict] = {}
+        self.outputs = outputs
 
     def __enter__(self):
         for gate in self.found.values():
-            gate.last = {}
+            gate.last, gate.record_outputs = {}, self.outputs
         return self.records
 
     def __exit__(self, *exc):
@@ -180,7 +187,7 @@ def channel_stats(model: nn.Module, batches, limit: int | None = None, progress:
                 x = x[: max(0, limit - count)]
             if not len(x):
                 break
-            with recording(model) as records:
+            with recording(model, outputs=False) as records:
                 model(x.to(device))
             count += x.shape[0]
             for name, r in records.items():

@@ -3,7 +3,8 @@ attention feature distillation (AFD), each measured against the frozen source ne
 as training starts). The loss is ``CE + lambda * R``.
 
 * ``l2-sp``:   ``R = 1/2 sum_w ||w - w0||^2`` over every weight but the classifier and the AFS gates.
-* ``fea-map``: ``R = 1/B sum_l 1/2 ||F_l^t - F_l^s||_F^2`` over the hooked layers ``l``.
+* ``fea-map``: ``R = sum_l 1/2 ||F_l^t - F_l^s||_F^2`` over the hooked layers ``l``, summed over the
+  batch (not averaged, as the reference code: its lambda carries over, and R grows with the batch size).
 * ``afd``:     ``rho_{l,b,:} = softmax_c(W2 ReLU(W1 vec(F^s_{l,b,c}) + b1) + b2)``;
   ``R = 1/B sum_l sum_{b,c} rho_{l,b,c} ||F^t_{l,b,c} - F^s_{l,b,c}||_2`` (not squared, as the
   reference code). The attention networks ``W1, W2`` read the *source* features and are trained
@@ -13,8 +14,10 @@ Hooked layers (``layers`` option, ``+``-separated module names) default to the l
 each ResNet stage: ``layer1.2.conv3 + layer2.3.conv3 + layer3.22.conv3 + layer4.2.conv3`` on
 ResNet-101, as in the AFDS code. The source runs with its AFS gates switched off: it is the plain
 pretrained network, and it uses the target's BatchNorm modes (batch statistics where the target uses
-them; its running statistics never change), so every penalty is exactly zero at the starting point
-and grows as the target moves away.
+them; its running statistics never change). So L2-SP is exactly zero at the starting point, and so
+are fea-map and AFD for a network without gates; for a gated target they start at the distance
+between the gated features and the plain source's (winner-take-all drops channels from the first
+step, and h is not exactly 1), as in the reference code, and grow as the target moves away.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from xviz.errors import XvizError
-from xviz.hooks import find_layer
+from xviz.capture import find_layer
 from xviz.regularizers import Regularizer, RegularizerSpec
 
 from xviz_afs.gates import AFSGate, set_gates
@@ -64,7 +67,7 @@ class _Features:
     def _hook(self, name, always):
         def hook(module, args, output):
             if always or (module.training and torch.is_grad_enabled()):
-                self.outputs[name] = output
+                self.outputs[name] = output.clone()  # a copy (in the graph): later layers may change output in place
         return hook
 
     def take(self, names) -> list[torch.Tensor]:
@@ -129,12 +132,12 @@ class _Distillation(Regularizer):
 
 
 class FeatureMap(_Distillation):
-    """``R = 1/B sum_l 1/2 ||F_l^t - F_l^s||_F^2``."""
+    """``R = sum_l 1/2 ||F_l^t - F_l^s||_F^2``, summed over the batch (not divided by B), as the reference."""
 
     def penalty(self, inputs: torch.Tensor) -> torch.Tensor:
         total = inputs.new_zeros((), dtype=torch.float32)
         for t, s in self.pairs(inputs):
-            total = total + 0.5 * (t.float() - s.float()).pow(2).sum() / t.shape[0]
+            total = total + 0.5 * (t.float() - s.float()).pow(2).sum()
         return total
 
 

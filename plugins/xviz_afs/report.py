@@ -68,26 +68,35 @@ def kept_figure(stats: dict, ratios: dict, title: str = ""):
     return fig
 
 
+def top_channels(records: dict, layer: str, top: int = 8, image: int = 0) -> list[tuple[int, float, torch.Tensor]]:
+    """``(channel, importance, map)`` of ``layer``'s ``top`` most important channels on one image of the
+    recorded batch, among those that reach the output (kept by winner-take-all and ``m``: a non-zero
+    gate scale): importance ``h_c``, map ``ReLU(out_c)`` (h, w) of the gated output."""
+    r = records[layer]
+    importance = (r["importance"][image] * (r["scale"][image] != 0)).cpu()
+    output = torch.relu(r["output"][image]).cpu()
+    return [(int(c), float(importance[c]), output[c]) for c in importance.argsort(descending=True)[:top]
+            if importance[c] > 0]
+
+
 def top_channels_figure(image: np.ndarray, records: dict, layer: str, top: int = 8, title: str = ""):
     """The image, then the spatial maps of ``layer``'s ``top`` most important kept channels overlaid."""
     import matplotlib.pyplot as plt
 
-    r = records[layer]
-    importance = (r["importance"][0] * r["keep"][0]).cpu()
-    order = [int(c) for c in importance.argsort(descending=True)[:top] if importance[c] > 0]
-    output = torch.relu(r["output"][0]).cpu()
-    fig, axes = plt.subplots(1, len(order) + 1, figsize=(1.9 * (len(order) + 1), 2.3))
+    chosen = top_channels(records, layer, top)
+    fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(1.9 * (len(chosen) + 1), 2.3))
     axes = np.atleast_1d(axes)
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=8)
-    for ax, c in zip(axes[1:], order):
-        m = output[c].numpy()
+    for ax, (c, importance, fired) in zip(axes[1:], chosen):
+        m = fired.numpy()
         m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
         ax.imshow(overlay(image, m, alpha=0.5))
-        ax.set_title(f"ch {c}: {float(importance[c]):.2f}", fontsize=8)
+        ax.set_title(f"ch {c}: {importance:.2f}", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title or f"{layer}: top kept channels (importance)", fontsize=9)
+    fig.suptitle(title or (f"{layer}: top kept channels (importance)" if chosen
+                           else f"{layer}: no channel reaches the output (all masked or dropped)"), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -208,30 +217,3 @@ def cmd_update(args) -> int:
     print(f"wrote {target}")
     return 0
 
-
-def add_commands(subparsers) -> None:
-    def common(p):
-        p.add_argument("--checkpoint", required=True, help="a checkpoint (or run folder) of an afs_resnet model")
-        p.add_argument("--data", default="synthetic", help="dataset for the statistics (default: synthetic)")
-        p.add_argument("--split", default="test")
-        p.add_argument("--limit", type=int, help="use only the first N images")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--device", default="auto")
-
-    p = subparsers.add_parser("afs-report", help="AFDS: channel importance per gated layer, kept fractions, "
-                                                 "top channels of a layer, estimated MACs saved")
-    common(p)
-    p.add_argument("--image", help="the image whose top channels are drawn (default: the dataset's first)")
-    p.add_argument("--layer", help="the gated layer whose top channels are drawn (default: deepest >= 7x7)")
-    p.add_argument("--top", type=int, default=8)
-    p.add_argument("--out", default="afs-report", help="output folder")
-    p.set_defaults(func=cmd_report)
-
-    p = subparsers.add_parser("afs-update", help="AFDS: set the gates' s / m masks from statistics over data "
-                                                 "and write the masked checkpoint")
-    common(p)
-    p.set_defaults(split="train")
-    p.add_argument("--thres-s", type=float, default=0.5, help="s = 1 where the importance's variance exceeds it")
-    p.add_argument("--thres-m", type=float, default=0.5, help="m = 1 where the mean kept importance exceeds it")
-    p.add_argument("--out", help="where to write (default: masked.pt beside the checkpoint)")
-    p.set_defaults(func=cmd_update)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from xviz.console import table as console_table
 from xviz.errors import XvizError
 from xviz.explainer import explain_tensors
 from xviz.render import atomic_write, save_png
@@ -103,9 +104,7 @@ def table(rows: list[Row], area: dict) -> str:
     lines = [[r.source, *[f"{r.mass[k]:.3f}" for k in REGIONS], f"{r.pointing:.3f}", f"{r.degenerate:.0%}"]
              for r in rows]
     lines.append(["(uniform map)", *[f"{area[k]:.3f}" for k in REGIONS], "", ""])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    return console_table(lines, header)
 
 
 def write_csv(rows: list[Row], path) -> Path:
@@ -138,3 +137,22 @@ def bar_chart(rows: list[Row], area: dict, path, title: str = "") -> Path:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def cmd_report(args) -> int:
+    """``xviz attention-report``: the table, then part_attention.csv and .png in ``--out``."""
+    from xviz.datasets import load_dataset
+    from xviz.models import load_model
+
+    model = load_model(checkpoint=args.checkpoint, pm=args.pm)
+    data, _ = load_dataset(args.dataset, args.split, transform=model.preprocessing.tensor, pm=args.pm)
+    rows = part_attention(model, data, pm=args.pm, limit=args.limit)
+    area = area_shares(data, args.limit)
+    print(table(rows, area))
+    for row in rows:
+        if row.degenerate > 0.5:
+            print(f"{row.source}: degenerate (blank or uniform) on {row.degenerate:.0%} of the images")
+    out = Path(args.out)
+    print(f"wrote {write_csv(rows, out / 'part_attention.csv')} and "
+          f"{bar_chart(rows, area, out / 'part_attention.png', f'where each layer looks ({args.dataset} {args.split})')}")
+    return 0

@@ -79,6 +79,7 @@ class TrainConfig:
     unfreeze: dict[str, int] = setting({}, low=1)  # group -> first trainable epoch; empty: all from epoch 1
     lr_mult: dict[str, float] = setting({}, low=0)  # group -> lr multiplier
     train_bn: bool = True  # BatchNorm layers keep training while their block is frozen
+    sync_bn: bool = False  # several processes: BatchNorm statistics over all processes' batches together
     augment: list[str] | None = setting(None, choices=AUGMENTATIONS)  # None: the dataset's default
     crop_padding: int = setting(4, low=0)
     cutout: int = setting(16, low=0)

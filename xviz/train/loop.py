@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -33,9 +35,10 @@ from xviz.train.schedules import FreezeSchedule, head_name, make_optimizer, make
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device, autocast=contextlib.nullcontext,
-             channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction) of ``model`` over ``loader``."""
+def run_test_epoch(model: nn.Module, loader: DataLoader, device, autocast=contextlib.nullcontext,
+                   channels_last: bool = False, world: distributed.World = distributed.World()) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction) of ``model`` over ``loader``; with several processes
+    each passes its shard and the sums and counts are added over all of them (the whole test set's)."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in loader:
@@ -47,6 +50,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device, autocast=contextlib.n
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += y.numel()
+    total_loss, correct, count = distributed.all_sum(world, [total_loss, correct, count], device)
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
@@ -56,6 +60,7 @@ class TrainResult:
     history: list[dict]
     best_acc: float
     finished_before: bool = False
+    main: bool = True  # the process that reports (rank 0 of several; the only one otherwise)
 
 
 def build_data(cfg: TrainConfig, pm):
@@ -70,6 +75,11 @@ def build_data(cfg: TrainConfig, pm):
         test_set = spec.build("test", root=cfg.data, transform=pre.tensor, **cfg.dataset_options)
     except (TypeError, ValueError) as exc:
         raise XvizError(f"dataset `{cfg.dataset}` does not accept the options {cfg.dataset_options}: {exc}") from None
+    for split, data in (("train", train_set), ("test", test_set)):
+        if len(data) == 0:
+            where = f" in `{cfg.data}`" if cfg.data else ""
+            raise XvizError(f"the {split} split of dataset `{cfg.dataset}`{where} holds no images: "
+                            "check --data and --dataset-options")
     classes = list(getattr(train_set, "classes", None) or spec.class_names)
     return train_set, test_set, classes, pre
 
@@ -117,39 +127,71 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def lonely_last_batch(module: nn.Module, cfg: TrainConfig, world: distributed.World, per_rank: int) -> str:
+    """Why each epoch's last batch must be left out ("" if it need not): it would hold one image per
+    process and BatchNorm normalising over each process's own batch cannot train on one image
+    ("Expected more than 1 value per channel"). Settings where every batch would hold one are refused."""
+    if (cfg.sync_bn and world.distributed) or not any(isinstance(m, _BatchNorm) for m in module.modules()):
+        return ""
+    each = " per process" if world.distributed else ""
+    if cfg.batch_size == 1 or per_rank == 1:
+        fix = "a --batch-size of 2 or more" if cfg.batch_size == 1 else "more training images"
+        raise XvizError(f"`{cfg.model}` has BatchNorm layers, which cannot train on batches of one image{each}: "
+                        f"use {fix}" + (" or --sync-bn" if world.distributed else ""))
+    if per_rank % cfg.batch_size != 1:
+        return ""
+    return (f"the last batch of every epoch would hold 1 image{each}, on which BatchNorm cannot train: it is left "
+            f"out ({per_rank - 1} of {per_rank} images{each} per epoch)")
+
+
 @unlocks_run_folders
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm=None, log=print) -> TrainResult:
     """Train as ``cfg`` says, writing a run folder at ``cfg.out`` (locked meanwhile); ``resume`` repairs
     it and continues its newest checkpoint exactly (or says the run is finished); ``overwrite``
-    replaces a run already there."""
+    replaces a run already there. Under torchrun every process calls this: each
+    trains and tests its shard, the numbers reported are the sums over all, rank 0 logs and writes."""
     pm = pm or registry.default_plugin_manager()
     device = torch_device(cfg.device)
     world = distributed.setup(device.type)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     log = log if world.main else (lambda *a, **k: None)
-    run = RunFolder(cfg.out, cfg.keep)
-    state = run.open(cfg.to_dict(), resume=resume, overwrite=overwrite, log=log) if world.main else \
-        (run.resume_point() if resume else None)
-    if state is not None:
-        saved = TrainConfig(**state["config"])
-        if saved.model != cfg.model or dict(state.get("arch_options") or {}) != cfg.arch_options():
-            raise XvizError(f"`{state['path']}` is a run of model `{state['arch']}`, not `{cfg.model}`: "
-                            "resume with the run's own settings (--resume alone) or start a new --out")
-        start = state["training"]["epoch"] + 1
-        if start > cfg.epochs:
-            best = max((h["test_acc"] for h in state["history"]), default=0.0)
-            log(f"run `{cfg.out}` already finished: {start - 1}/{cfg.epochs} epochs, best test accuracy "
-                f"{100 * best:.2f}%; nothing to do")
-            return TrainResult(Path(cfg.out), list(state["history"]), best, finished_before=True)
-    _seed_everything(cfg.seed)
-
-    train_set, test_set, classes, pre = build_data(cfg, pm)
-    module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
+    finished = None
+    with distributed.every_rank_alike(world, device):
+        run = RunFolder(cfg.out, cfg.keep)
+        state = run.open(cfg.to_dict(), resume=resume, overwrite=overwrite, log=log) if world.main else \
+            (run.resume_point() if resume else None)
+        if state is not None:
+            saved = TrainConfig(**state["config"])
+            if saved.model != cfg.model or dict(state.get("arch_options") or {}) != cfg.arch_options():
+                raise XvizError(f"`{state['path']}` is a run of model `{state['arch']}`, not `{cfg.model}`: "
+                                "resume with the run's own settings (--resume alone) or start a new --out")
+            start = state["training"]["epoch"] + 1
+            if start > cfg.epochs:
+                best = max((h["test_acc"] for h in state["history"]), default=0.0)
+                log(f"run `{cfg.out}` already finished: {start - 1}/{cfg.epochs} epochs, best test accuracy "
+                    f"{100 * best:.2f}%; nothing to do")
+                finished = TrainResult(Path(cfg.out), list(state["history"]), best, finished_before=True,
+                                       main=world.main)
+        if finished is None:
+            _seed_everything(cfg.seed)
+            train_set, test_set, classes, pre = build_data(cfg, pm)
+            module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
+            sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=cfg.seed)
+            lonely = lonely_last_batch(module, cfg, world, len(sampler))
+    if finished is not None:
+        distributed.teardown(world)
+        return finished
     source = copy.deepcopy(module) if cfg.reg != "none" else None  # the starting point, before any resume
     if state is None:
+        processes = f" x {world.size} processes" if world.distributed else ""
         log(f"training `{cfg.model}` on `{cfg.dataset}` ({len(train_set)} train / {len(test_set)} test images) for "
-            f"{cfg.epochs} epochs on {device} -> {cfg.out}/")
+            f"{cfg.epochs} epochs on {device}{processes} -> {cfg.out}/")
+    if lonely:
+        log(lonely)
+    synced_bn = cfg.sync_bn and world.distributed
+    if synced_bn:
+        module = distributed.convert_sync_batchnorm(module, device.type)
     use_cuda = device.type == "cuda"
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and use_cuda)
     module.to(device)
@@ -161,7 +203,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         if channels_last:
             source.to(memory_format=torch.channels_last)
         example = torch.zeros(2, *test_set[0][0].shape, device=device)
-        regularizer = build_regularizer(cfg, module, source, example, pm).to(device)
+        with distributed.every_rank_alike(world, device):
+            regularizer = build_regularizer(cfg, module, source, example, pm).to(device)
         log(f"regulariser `{cfg.reg}` x {cfg.reg_lambda:g}" + (f" with {cfg.reg_options}" if cfg.reg_options else ""))
     amp_dtype = None
     if cfg.amp == "auto" and use_cuda:
@@ -170,14 +213,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     generator = torch.Generator()
-    sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=cfg.seed) \
-        if world.distributed else None
     loader_args = dict(num_workers=cfg.workers, pin_memory=use_cuda, persistent_workers=cfg.workers > 0)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              generator=generator, drop_last=False, **loader_args)
-    test_loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 128), **loader_args)
-    freeze = FreezeSchedule(module, cfg.unfreeze, cfg.train_bn)
-    optimizer = make_optimizer(module, cfg)
+    # One process with batch B*N sees the same batches as N processes with batch B (the union of theirs).
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, generator=generator,
+                              drop_last=bool(lonely), **loader_args)
+    test_loader = DataLoader(test_set, batch_size=max(cfg.batch_size, 128),
+                             sampler=distributed.ShardSampler(len(test_set), world), **loader_args)
+    with distributed.every_rank_alike(world, device):
+        freeze = FreezeSchedule(module, cfg.unfreeze, cfg.train_bn)
+        optimizer = make_optimizer(module, cfg)
     extra = [p for p in regularizer.parameters() if p.requires_grad] if regularizer is not None else []
     if extra:
         optimizer.add_param_group({"params": extra, "lr": cfg.lr, "name": "regularizer", "weight_decay": 0.0})
@@ -206,13 +250,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         log(freeze.apply(epoch))
         model.train()
         freeze.set_bn_modes()
-        generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order does not depend on resuming
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        generator.manual_seed(cfg.seed * 100_003 + epoch)  # workers' seeds do not depend on resuming
+        sampler.set_epoch(epoch)  # nor does the epoch's order
         began, seen, correct, loss_sum, reg_sum = time.time(), 0, 0, 0.0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not world.main)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -222,6 +265,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
                 if regularizer is not None:
                     penalty = regularizer.penalty(x).float()
                     loss = loss + cfg.reg_lambda * penalty
+            loss_value = loss.item()
+            if distributed.any_rank(world, not math.isfinite(loss_value), device):
+                bar.close()
+                distributed.stop_together(world, _not_finite(loss_value, epoch, step, len(train_loader),
+                                                             optimizer, history, cfg.out))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -229,13 +277,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
             scheduler.step()
             n = y.numel()
             seen += n
-            loss_sum += loss.item() * n
+            loss_sum += loss_value * n
             correct += (logits.argmax(1) == y).sum().item()
             if regularizer is not None:
                 reg_sum += penalty.item() * n
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")  # this process's
         bar.close()
-        test_loss, test_acc = evaluate(module, test_loader, device, autocast, channels_last)
+        loss_sum, correct, seen, reg_sum = distributed.all_sum(world, [loss_sum, correct, seen, reg_sum], device)
+        if not synced_bn:
+            distributed.broadcast_buffers(world, module)  # every rank tests the model rank 0 saves
+        test_loss, test_acc = run_test_epoch(module, test_loader, device, autocast, channels_last, world)
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "test_loss": test_loss,
                "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - began, 3)}
         if regularizer is not None:
@@ -256,4 +307,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
     if regularizer is not None:
         regularizer.close()
     distributed.teardown(world)
-    return TrainResult(Path(cfg.out), history, best_acc)
+    return TrainResult(Path(cfg.out), history, best_acc, main=world.main)
+
+
+def _not_finite(loss: float, epoch: int, step: int, steps: int, optimizer, history: list[dict], out) -> XvizError:
+    """The one line that stops a run whose loss is NaN or infinite (before the step that would apply it)."""
+    value = f" ({loss})" if not math.isfinite(loss) else " (on another process)"
+    kept = (f"`{out}` keeps epoch {history[-1]['epoch']} (best.pt, last.pt, its checkpoint)" if history
+            else "nothing was saved")
+    return XvizError(f"the training loss is not finite{value} at epoch {epoch}, step {step} of {steps} "
+                     f"(lr {optimizer.param_groups[0]['lr']:.3g}): training stopped and {kept}; "
+                     "start again with a lower --lr")

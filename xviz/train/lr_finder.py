@@ -9,20 +9,30 @@ The learning rate of step ``i`` (0-based) is ``start_lr * (end_lr / start_lr) **
 the first step uses ``start_lr`` and the last ``end_lr``. The loss is smoothed with a debiased
 exponential moving average (``avg = smooth * avg + (1 - smooth) * loss``,
 ``smoothed = avg / (1 - smooth ** (i + 1))``) and the test stops early once the smoothed loss is
-more than ``diverge`` times the best smoothed loss so far, or is NaN/infinite.
+more than ``diverge`` times the best smoothed loss so far, or is NaN/infinite. That divergence rule
+(fastai's and torch-lr-finder's) assumes a positive loss: a negative smoothed loss ``s`` is always
+above ``diverge * s``, so the test stops at the first step whose smoothed loss is below zero, as in
+both references (a loss negative from the first step is an error saying so); pass ``diverge=None``
+for such a loss.
 
 Afterwards the model's weights and buffers, the optimizer's state and hyper-parameters, every
 module's train/eval mode and torch's random state are exactly what they were before (also when the
 test raises), so a training run can follow as if the test had never happened.
 
-Suggestions follow fastai (``fastai/callback/schedule.py``): they are computed on the smoothed losses
-without the first ``num_iter // 10`` and the last 5 recorded points (the start of the moving average
-and the blow-up), cut at the first non-finite value; when that leaves fewer than 2 points, on all
-finite points. ``steep`` is the learning rate where ``d loss / d log(lr)`` (``numpy.gradient``) is most
-negative; ``valley`` is fastai's: the longest strictly decreasing subsequence of the loss, and the point
-``start + int(L / 3) + int(L / 6)`` of it (fastai's own arithmetic, about half-way into the valley; fastai's
-docs describe it as the steep part of the longest valley); ``minimum`` is the learning rate of the lowest
-loss divided by 10.
+Suggestions are computed on the points fastai's ``lr_find`` uses (``fastai/callback/schedule.py``): the
+smoothed losses without the first ``num_iter // 10`` and the last 5 recorded points (the start of the
+moving average and the blow-up), cut at the first non-finite value (fastai: the first NaN); when that
+leaves fewer than 2 points, on all finite points (fastai has no such fallback).
+
+* ``valley`` (the suggestion) is fastai's: the longest strictly decreasing subsequence of the loss and
+  its point ``start + int(L / 3) + int(L / 6)`` (fastai's arithmetic, about half-way in; see
+  :func:`valley_index` for the one case where xviz departs from it).
+* ``steep`` is the learning rate where ``d loss / d log(lr)`` is most negative, by a **central**
+  difference (``numpy.gradient``, as torch-lr-finder and fastai v1 compute it). fastai v2's ``steep``
+  uses a **forward** difference ``(L[i+1] - L[i]) / (log lr[i+1] - log lr[i])`` and reports ``lr[i]``; on
+  a noisy curve the two can disagree: a one-batch dip gives the forward difference its most negative
+  value, while the central difference averages the slopes on both sides of each point.
+* ``minimum`` is fastai's: the learning rate of the lowest loss divided by 10.
 """
 
 from __future__ import annotations
@@ -72,7 +82,9 @@ def lr_find(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, loss_
     Parameter groups keep their learning-rate ratios to the first group (discriminative learning
     rates): group ``g`` gets ``lr * initial_lr[g] / initial_lr[0]`` (every group gets ``lr`` when the
     first group's is 0). The model trains in train mode; a step whose loss is not finite is not
-    applied. ``diverge=None`` stops only on a non-finite loss. ``progress=False`` hides the tqdm bar.
+    applied. ``diverge=None`` stops only on a non-finite loss (use it for a loss that can be
+    negative: the divergence rule stops at the first negative smoothed loss). ``progress=False``
+    hides the tqdm bar.
     """
     _check_arguments(start_lr, end_lr, num_iter, smooth, diverge)
     groups = optimizer.param_groups
@@ -80,7 +92,7 @@ def lr_find(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, loss_
     ratios = [float(g["lr"]) / first if first > 0 else 1.0 for g in groups]
     saved = _snapshot(model, optimizer)
     lrs, losses, raw_losses = [], [], []
-    stopped_early = False
+    stopped_early = diverged = False
     try:
         model.train()
         batches = _cycle(loader)
@@ -111,12 +123,16 @@ def lr_find(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, loss_
                     break
                 best = min(best, smoothed)
                 if diverge is not None and smoothed > diverge * best:
-                    stopped_early = i < num_iter - 1
+                    stopped_early, diverged = i < num_iter - 1, True
                     break
         finally:
             bar.close()
     finally:
         _restore(model, optimizer, saved)
+    if diverged and len(lrs) == 1:  # s > diverge * s at the first step: only a negative loss does that
+        raise XvizError(f"the range test stopped at its first step: the loss {losses[0]:.4g} is negative, and the "
+                        f"divergence rule (stop once the smoothed loss exceeds {diverge:g}x its best) stops a "
+                        "negative loss at once: pass diverge=None, or use a loss that stays positive")
     steep, valley, minimum = suggest(lrs, losses, num_iter)
     return LRFinderResult(tuple(lrs), tuple(losses), tuple(raw_losses), steep, valley, minimum, stopped_early)
 
@@ -199,9 +215,12 @@ def suggest(lrs, losses, num_iter: int | None = None) -> tuple[float, float, flo
     if hi - lo < 2:
         lo, hi = 0, end
     if hi - lo < 2:
-        raise XvizError(
-            f"the loss was not finite from the start of the range test (lr {lrs[0]:.3g}): "
-            "check the data and the model, or start at a lower learning rate")
+        if end < len(losses):
+            raise XvizError(
+                f"the loss was not finite from {'the start' if end == 0 else 'the second step'} of the range test "
+                f"(lr {lrs[end]:.3g}): check the data and the model, or start at a lower learning rate")
+        raise XvizError(f"the range test recorded {len(losses)} step(s): at least 2 are needed to suggest a "
+                        "learning rate")
     x, y = lrs[lo:hi], losses[lo:hi]
     steep = float(x[int(np.argmin(np.gradient(y, np.log(x))))])
     valley = float(x[valley_index(y)])
@@ -211,9 +230,13 @@ def suggest(lrs, losses, num_iter: int | None = None) -> tuple[float, float, flo
 
 def valley_index(losses) -> int:
     """fastai's ``valley``: the longest strictly decreasing subsequence ending at ``max_end`` (length
-    ``lds``), ``max_start = max_end - lds``, and the index ``max_start + int(L / 3) + int(L / 6)`` with
-    ``L = max_end - max_start``; clipped to the array (fastai would wrap to the last point when the loss
-    never decreases)."""
+    ``lds``; the first one found on ties), ``max_start = max_end - lds``, and the index
+    ``max_start + int(L / 3) + int(L / 6)`` with ``L = max_end - max_start``.
+
+    A loss that never decreases gives index 0, as in fastai. The one departure: when the longest
+    decreasing subsequence has length 2 and ends at index 1 (``max_start = -1``, ``L = 2``), fastai's
+    index is -1, which Python indexing wraps to the *last* point (the highest learning rate tried);
+    xviz clips it to 0, the first point of that subsequence."""
     losses = np.asarray(losses, dtype=np.float64)
     n = len(losses)
     lds = np.ones(n, dtype=np.int64)

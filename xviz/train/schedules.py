@@ -19,7 +19,7 @@ from torch import nn
 
 from xviz.errors import XvizError
 
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)  # every BatchNorm, synchronised ones included
 
 
 def head_name(model: nn.Module) -> str:

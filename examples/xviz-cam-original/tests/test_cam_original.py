@@ -1,9 +1,9 @@
 """Tests of the `cam` plugin: against torchcam's CAM (an independent implementation), on a tiny model
-and on xviz's bundled demo model; the one-line errors on models CAM does not apply to; and that
-xviz finds the installed package through its entry point.
+and on xviz's bundled demo model; the one-line errors on models CAM does not apply to; the command
+line with the plugin registered in-process (`xviz.testing`); and that xviz finds the installed package
+through its entry point.
 
-Run them after `pip install -e .[test]` (the package must be installed: xviz finds methods through
-installed entry points, not through the source tree).
+Run them after `pip install -e .[test]`.
 """
 
 import os
@@ -21,8 +21,12 @@ from torchcam.methods import CAM as TorchcamCAM
 import xviz
 from xviz import explain_tensors
 from xviz.errors import XvizError
-from xviz_cam_original import CAM
+import xviz_cam_original
+from xviz_cam_original.cam import CAM
 from xviz_zoo.demo import SAMPLES  # the six sample images bundled with xviz's demo model
+
+pytest_plugins = ["xviz.testing"]  # the `xviz_cli` fixture: xviz run in-process with a plugin registered
+SUMMARY = "CAM: channels weighted by the classifier of a GAP + linear head (Zhou et al. 2016)"
 
 
 def gap_linear_cnn(seed=0):
@@ -142,6 +146,33 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+# --- the command line, the plugin registered in-process (no install needed) --------------------
+
+def test_listed_and_used_through_the_command_line(xviz_cli, tmp_path):
+    xviz_cli.register(xviz_cam_original)  # as xviz registers an installed plugin: a misspelled hook fails here
+    listed = xviz_cli.run("methods")
+    assert listed.code == 0
+    assert ["cam", "xviz_cam_original", SUMMARY] in [line.split(None, 2) for line in listed.lines]
+    result = xviz_cli.run("explain", "--model", "xviz-demo", "--method", "cam", "--out", tmp_path,
+                          SAMPLES / "horned.png")
+    assert result.code == 0, result.err
+    assert (tmp_path / "horned_cam.png").is_file() and "wrote 1 overlay(s)" in result.out
+    refused = xviz_cli.run("explain", "--model", "xviz-demo", "--method", "cam", "--layer", "features.17",
+                           "--out", tmp_path, SAMPLES / "horned.png")
+    assert refused.code == 2 and refused.err.startswith("xviz: error: `cam` needs layer `features.17`")
+
+
+def test_registered_as_its_entry_point_says():
+    # the same string as pyproject.toml's [project.entry-points.xviz], loaded as xviz loads it
+    from xviz.testing import XvizRunner, run_xviz
+
+    runner = XvizRunner()
+    runner.register_entry_point("xviz_cam_original", "xviz_cam_original")
+    assert runner.pm.infos["xviz_cam_original"].source == "registered by a test"
+    assert "cam" in [line.split()[0] for line in runner.run("methods").lines]
+    assert "cam" not in [line.split()[0] for line in run_xviz("methods").lines]  # another runner: not registered
+
+
 # --- installed: xviz finds the plugin through its entry point --------------------------------------
 
 def xviz_command(*args) -> list[str]:
@@ -154,7 +185,7 @@ def xviz_command(*args) -> list[str]:
 
 def test_listed_by_xviz_methods_and_xviz_plugins():
     [row] = [line.split(None, 2) for line in xviz_command("methods") if line.startswith("cam ")]
-    assert row == ["cam", "xviz_cam_original", CAM.summary]
+    assert row == ["cam", "xviz_cam_original", SUMMARY]
     [row] = [line.split() for line in xviz_command("plugins") if line.startswith("xviz_cam_original ")]
     assert row == ["xviz_cam_original", "entry", "point", "of", "xviz-cam-original", version("xviz-cam-original")]
 

@@ -2,20 +2,22 @@
 
 ``capture_layer`` replaces the layer's output by a *detached leaf that requires grad* and hands a
 copy downstream. Hence: gradients can be taken to the activation alone (never to parameters,
-never through earlier layers), it works under ``torch.no_grad()`` and on frozen models, and an
-in-place op after the layer (``ReLU(inplace=True)``) cannot overwrite what was captured.
+never through earlier layers), it works under ``torch.no_grad()`` and on frozen models, and what
+is captured is a copy taken when the layer ran: neither an in-place op after the layer
+(``ReLU(inplace=True)``, ``x += 1``) nor one on a tensor the output shares memory with (the input
+of an in-place layer, which the caller may still hold) can change it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from xviz.console import did_you_mean
 from xviz.errors import XvizError
 
 
@@ -42,9 +44,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=4, cutoff=0.4)
-    hint = f" Close names: {', '.join(f'`{c}`' for c in close)}." if close else ""
-    raise XvizError(f"the model has no layer `{name}`.{hint} `xviz layers --model NAME` lists them")
+    hint = did_you_mean(name, [n for n in modules if n], n=4, cutoff=0.4)
+    raise XvizError(f"the model has no layer `{name}`: {hint}`xviz layers --model NAME` lists them")
 
 
 @dataclass
@@ -63,21 +64,24 @@ def token_grid_side(tensor: torch.Tensor) -> int | None:
 
 
 def _capture(tensor: torch.Tensor, keep_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(what is captured, what goes downstream). The captured tensor is a detached leaf that requires
-    grad, or (``keep_graph`` and the output already requires grad: a layer downstream of another captured
-    one) the output itself, so gradients still reach the layers upstream. Tokens (N, 1 + h*w, C) are
-    captured as an (N, C, h, w) grid (class token dropped), and downstream gets tokens rebuilt from that
-    grid, so gradients to the grid are exact."""
+    """(what is captured, what goes downstream). The captured tensor is a copy of the output: a detached
+    leaf that requires grad, or (``keep_graph`` and the output already requires grad: a layer downstream
+    of another captured one) a copy still in the graph, so gradients still reach the layers upstream.
+    Tokens (N, 1 + h*w, C) are captured as an (N, C, h, w) grid (class token dropped), and downstream
+    gets tokens rebuilt from that grid, so gradients to the grid are exact."""
     attached = keep_graph and tensor.requires_grad
     side = token_grid_side(tensor)
     if side is None:
-        captured = tensor if attached else tensor.detach().requires_grad_(True)
+        captured = tensor.clone() if attached else tensor.detach().clone().requires_grad_(True)
         return captured, captured.clone()
     n, _, c = tensor.shape
     grid = tensor[:, 1:].reshape(n, side, side, c).permute(0, 3, 1, 2)
     cls = tensor[:, :1]
     if not attached:
-        grid, cls = grid.detach().contiguous().requires_grad_(True), cls.detach()
+        grid, cls = grid.detach(), cls.detach()
+    grid = grid.clone(memory_format=torch.contiguous_format)  # a copy, like the spatial case
+    if not attached:
+        grid.requires_grad_(True)
     passed_on = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(n, side * side, c)], dim=1)
     return grid, passed_on
 

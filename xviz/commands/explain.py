@@ -1,0 +1,170 @@
+"""``xviz explain``: argument parsing around the explain pipeline (:func:`xviz.explainer.explain_batches`)
+and the writer of its files (:class:`xviz.outputs.OverlayWriter`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from xviz import hookimpl
+from xviz.commands import add_model_flags, complete_methods
+from xviz.console import split_names, table, writable_folder
+from xviz.errors import XvizError
+
+EXAMPLES = """examples:
+  xviz explain --model xviz-demo --method gradcampp plugins/xviz_zoo/assets/samples
+  xviz explain --method gradcam,gradcampp --topk 3 cat.jpg          (resnet50, ImageNet weights)
+  xviz explain --model vgg16 --layer features.29 --target "water ouzel" bird.jpg
+  xviz explain --checkpoint runs/cub/best.pt --panel --out figures photos/
+"""
+
+
+def _images(args) -> list[Path]:
+    """The image files to explain: folders expanded, each file once (however often it is named)."""
+    from xviz.images import list_images, read_image
+
+    seen, paths = set(), []
+    for path in list_images(args.images):
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            paths.append(path)
+    if len(paths) == 1:
+        read_image(paths[0])  # a single bad image is the whole error
+    return paths
+
+
+@contextlib.contextmanager
+def _interruptible(folder: Path):
+    """Treat SIGTERM like Ctrl-C while writing, and leave no partial file behind either way."""
+    from xviz.outputs import remove_temporaries
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    mine = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    previous = signal.signal(signal.SIGTERM, stop) if mine else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        remove_temporaries(folder)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _settings(args, model, methods) -> dict:
+    """What the report page's header shows and what a rerun needs: the command, model, methods, targets."""
+    import shlex
+
+    from xviz.explanation import library_versions
+
+    settings = {"command": "xviz " + " ".join(map(shlex.quote, sys.argv[1:])) if Path(sys.argv[0]).name in ("xviz", "__main__.py") else None,
+                "model": model.name, "checkpoint": args.checkpoint, "weights": args.weights,
+                "methods": [m.name for m in methods], "target": args.target, "topk": args.topk,
+                "device": str(args.device), "class_names": list(model.class_names), "versions": library_versions(),
+                "started": datetime.now().isoformat(timespec="seconds")}
+    if args.layer:
+        settings["layer"] = args.layer
+    return settings
+
+
+def cmd_explain(args) -> int:
+    from tqdm import tqdm
+
+    from xviz.explainer import check_targets, explain_batches, resolve_methods
+    from xviz.models import load_model, torch_device
+    from xviz.outputs import OverlayWriter, output_stems, remove_temporaries, write_failure
+    from xviz.report import append_records, build_report, read_labels, write_settings
+    from xviz.render import check_alpha, get_cmap
+
+    device = torch_device(args.device)
+    methods = resolve_methods(split_names(args.method, default=["gradcam"]), args.pm)
+    get_cmap(args.cmap)
+    check_alpha(args.alpha)
+    if args.batch_size < 1:
+        raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
+    out = writable_folder(args.out)
+    paths = _images(args)
+    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm).to(device)
+    check_targets(args.target, args.topk, model.class_names, len(model.class_names))
+    remove_temporaries(out)
+    stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))
+    one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
+    writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw)
+    settings = _settings(args, model, methods)
+    labels = read_labels(args.labels) if args.labels else {}
+    if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
+        write_settings(out, settings)
+    batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
+                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True)
+    skipped, announced = 0, False
+    try:
+        with _interruptible(out), tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2,
+                                       file=sys.stderr) as bar:
+            for batch in batches:
+                for _, why in batch.skipped:
+                    tqdm.write(f"xviz: skipped: {why}", file=sys.stderr)
+                if batch.layer and batch.layer.how != "given" and not announced:
+                    tqdm.write(batch.layer.describe(), file=sys.stderr)
+                    announced = True
+                for i, (name, view) in enumerate(zip(batch.names, batch.views)):
+                    writer.image(i, stems[name], Path(name).name if one_folder else name, view, batch.explanations)
+                    bar.update(1)
+                records = writer.take_records()
+                if args.report:
+                    append_records(out, records)
+                if batch.layer and "layer" not in settings:
+                    settings["layer"] = batch.layer.name
+                skipped += len(batch.skipped)
+                bar.update(len(batch.skipped))
+            grids = writer.write_grids()
+            if args.report:
+                write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
+                page = build_report(out, show_progress=len(paths) > 1)
+    except OSError as exc:  # the bar is closed by now: the message gets its own line
+        raise write_failure(exc, out, writer.overlays) from None
+    if writer.rows:
+        print(table(writer.rows, ["image", "predicted", "prob", "explained target (prob)", "method", "overlay"]))
+        print(f"wrote {writer.overlays} overlay(s) to {out}/")
+    for path, count in grids:
+        print(f"wrote a grid of {count} overlay(s) to {path}")
+    if args.report:
+        print(f"wrote the report page {page} (open it in a browser)")
+    if skipped:
+        print(f"xviz: error: {skipped} of {len(paths)} image(s) could not be read and were skipped "
+              "(see the lines above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+@hookimpl
+def xviz_register_commands(subparsers):
+    p = subparsers.add_parser("explain", help="explain images and write overlays", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMG|DIR", help="image files or folders")
+    p.add_argument("--method", action="append", help="method(s), comma-separated or repeated (default: gradcam)").completer = complete_methods
+    add_model_flags(p)
+    p.add_argument("--layer", help="target layer name (default: the model's, or the last spatial layer); several "
+                   "as `a,b`: captured in one pass, each method's per-layer maps fused (mean of normalised maps)")
+    p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
+    p.add_argument("--topk", type=int, default=1, help="explain each image's top K classes")
+    p.add_argument("--out", default="xviz-out", help="output folder (default: xviz-out)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay (0-1)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: jet)")
+    p.add_argument("--panel", action="store_true", help="also write image | heatmap | overlay panels")
+    p.add_argument("--grid", action="store_true", help="also write one grid of all overlays per method")
+    p.add_argument("--save-raw", action="store_true", help="also write the raw feature-size maps as .npy")
+    p.add_argument("--report", action="store_true", help="also write OUT/index.html: every image and method side by "
+                   "side in the browser (filters, sort, full-size panels)")
+    p.add_argument("--labels", metavar="FILE", help="true classes for the report (CSV `file,class` or JSON); images in "
+                   "class-named folders are labelled by their folder")
+    p.set_defaults(func=cmd_explain)

@@ -1,0 +1,79 @@
+"""``xviz misclassified``: a grid of the images a model gets wrong, titled Predicted / Actual, each with
+the map of the predicted class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xviz import hookimpl
+from xviz.commands import add_model_flags
+from xviz.errors import XvizError
+
+
+def cmd_misclassified(args) -> int:
+    import torch
+
+    from xviz.datasets import load_dataset
+    from xviz.evaluation.mistakes import find_mistakes
+    from xviz.explainer import explain_tensors, resolve_methods
+    from xviz.models import load_model, torch_device
+    from xviz.render import check_alpha, get_cmap, grid, save_png
+    from xviz.train.config import parse_groups
+
+    if args.count < 1:
+        raise XvizError(f"`--count {args.count}` must be at least 1")
+    if "," in args.method:
+        raise XvizError(f"`--method {args.method}`: give one method")
+    [method] = resolve_methods([args.method], args.pm)
+    get_cmap(args.cmap)
+    check_alpha(args.alpha)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise XvizError(f"`--out {out}` must name a .png file")
+    model = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, pm=args.pm)
+    model.to(torch_device(args.device)).module.eval()
+    options = parse_groups(args.dataset_options or "", "--dataset-options")
+    try:
+        data, spec = load_dataset(args.dataset, args.split, root=args.data, pm=args.pm,
+                                  transform=model.preprocessing.view, **options)
+    except TypeError as exc:
+        raise XvizError(f"dataset `{args.dataset}` does not accept the options {options}: {exc}") from None
+    class_names = list(getattr(data, "classes", None) or spec.class_names)
+    if len(class_names) != len(model.class_names):
+        raise XvizError(f"the model has {len(model.class_names)} classes and dataset `{args.dataset}` "
+                        f"{len(class_names)}: give a checkpoint trained on it")
+    mistakes, total = find_mistakes(model, data, class_names, args.batch_size, args.limit)
+    print(f"{len(mistakes)} of {total} {args.split} images misclassified "
+          f"({100 * (1 - len(mistakes) / max(total, 1)):.2f} % accuracy)")
+    if not mistakes:
+        print("nothing to draw: every image is classified correctly")
+        return 0
+    shown_ = mistakes[:args.count]
+    views = [data[m.index][0] for m in shown_]
+    batch = torch.stack([model.preprocessing.normalize(v) for v in views])
+    [exp] = explain_tensors(model, batch, [method], layer=args.layer, pm=args.pm)  # the predicted class
+    titles = [f"Predicted: {m.predicted} ({m.probability:.0%})\nActual: {m.actual}" for m in shown_]
+    figure = grid(views, list(exp.maps[:, 0]), titles, args.columns, args.alpha, args.cmap, exp.signed)
+    print(f"wrote {save_png(figure, out)} ({len(shown_)} images, {method.name} of the predicted class)")
+    return 0
+
+
+@hookimpl
+def xviz_register_commands(subparsers):
+    p = subparsers.add_parser("misclassified", help="grid of misclassified images titled Predicted / Actual, with CAMs")
+    add_model_flags(p, default_model="xviz-demo")
+    p.add_argument("--dataset", default="synthetic", help="registered dataset (default: synthetic)")
+    p.add_argument("--data", help="the dataset's folder")
+    p.add_argument("--dataset-options", metavar="A=1,B=2", help="e.g. size=1000,seed=2 for synthetic")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="look at the first N images only")
+    p.add_argument("--method", default="gradcampp", help="the map drawn on each image (default: gradcampp)")
+    p.add_argument("--layer", help="target layer (default: the model's)")
+    p.add_argument("--count", type=int, default=12, help="how many mistakes to draw (default: 12)")
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--cmap", default="jet")
+    p.add_argument("--out", default="misclassified.png", help="the figure (default: misclassified.png)")
+    p.set_defaults(func=cmd_misclassified)
