@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -73,7 +72,7 @@ def test_recipe_with_a_typo_names_the_key(tmp_path):
         make_config(str(bad))
     with pytest.raises(XvizError, match="unknown recipe `cifar10-resnet18-flp`: did you mean `cifar10-resnet18-flip`"):
         make_config("cifar10-resnet18-flp")
-    with pytest.raises(XvizError, match="unknown schedule `cosin`"):
+    with pytest.raises(XvizError, match="unknown scheduler `cosin`"):
         make_config(None, scheduler="cosin")
 
 
@@ -213,48 +212,6 @@ def test_run_folder_history_and_keep(tmp_path):
     assert (run / "history.json").is_file() and (run / "history.csv").is_file()
 
 
-KILLER = textwrap.dedent("""
-    import os, signal, sys, torch
-    real_save, calls = torch.save, {"n": 0}
-
-    def save(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == int(os.environ["KILL_AT_SAVE"]):
-            with open(f, "wb") as fh:
-                fh.write(b"half a checkpoint")
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_save(obj, f, *a, **k)
-
-    torch.save = save
-    from xviz.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
-def test_resume_after_a_kill_during_a_save_equals_an_uninterrupted_run(tmp_path):
-    args = ["train", "--model", "xviz-demo", "--dataset", "synthetic", "--dataset-options", "size=48",
-            "--epochs", "3", "--batch-size", "16", "--augment", "flip,crop,cutout", "--workers", "0"]
-    full = tmp_path / "full"
-    train(make_config(None, model="xviz-demo", dataset="synthetic", dataset_options={"size": 48}, epochs=3,
-                      batch_size=16, augment=["flip", "crop", "cutout"], out=str(full)), log=lambda *a: None)
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    cut = tmp_path / "cut"
-    env = dict(os.environ, KILL_AT_SAVE="4")  # epoch 1 wrote 3 files (epoch, last, best); die inside epoch 2's
-    proc = subprocess.run([sys.executable, str(killer), *args, "--out", str(cut)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr
-    left = sorted(p.name for p in (cut / "checkpoints").iterdir())
-    assert left[-1] == "epoch-0001.pt" and left[0].startswith(".epoch-0002.pt.")  # the half-written temporary
-    from xviz.cli import main
-
-    assert main(["train", "--resume", str(cut)]) == 0
-    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
-    ours, ref = weights(cut / "last.pt"), weights(full / "last.pt")
-    assert all(torch.equal(ours[k], ref[k]) for k in ref)
-    assert read_checkpoint(cut / "last.pt")["history"][-1]["test_acc"] == read_checkpoint(full / "last.pt")["history"][-1]["test_acc"]
-
-
 def test_finished_run_says_so(tmp_path, capsys):
     from xviz.cli import main
 
@@ -290,28 +247,6 @@ def test_resume_refuses_another_architecture(tmp_path):
     train(tiny(tmp_path / "run", epochs=1), log=lambda *a: None)
     with pytest.raises(XvizError, match="is a run of model `xviz-demo`, not `cifar_resnet18`"):
         train(tiny(tmp_path / "run", model="cifar_resnet18", epochs=2), resume=True)
-
-
-def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import errno
-
-    real_save, calls = torch.save, {"n": 0}
-
-    def full_disk(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] >= 4:
-            with open(f, "wb") as fh:
-                fh.write(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(XvizError, match=r"No space left on device\): the last good checkpoint `.*epoch-0001.pt` is intact"):
-        train(tiny(tmp_path / "run"), log=lambda *a: None)
-    monkeypatch.setattr(torch, "save", real_save)
-    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-0001.pt"]
-    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-0001.pt")["training"]["epoch"] == 1
-    assert train(tiny(tmp_path / "run"), resume=True, log=lambda *a: None).history[-1]["epoch"] == 3
 
 
 # --- models and transfer --------------------------------------------------------------------------

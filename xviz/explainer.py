@@ -27,7 +27,7 @@ from xviz.explanation import Explanation, library_versions
 from xviz.capture import capture_layers, find_layer, first_output, preserved_state, spatial_layers
 from xviz.images import read_image
 from xviz.methods import Context, Method
-from xviz.models import LoadedModel
+from xviz.models import LoadedModel, check_finite_outputs
 
 
 def resolve_methods(names: Iterable[str | Method], pm=None) -> list[Method]:
@@ -201,6 +201,7 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         if inputs.is_inference():
             inputs = inputs.clone()
         logits, activations, observed = _shared_forward(module, inputs, chosen, layer_names)
+        check_finite_outputs(logits.detach(), model)
         class_names = (list(loaded.class_names) if loaded else []) or [str(i) for i in range(logits.shape[1])]
         if len(class_names) != logits.shape[1]:
             raise XvizError(f"{len(class_names)} class names are given but the model scores {logits.shape[1]} "

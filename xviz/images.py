@@ -9,7 +9,7 @@ checkpoint, never hard-coded: ``view`` gives the image the model sees (for drawi
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from xviz.errors import XvizError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 8
-MAX_PIXELS = 400_000_000  # 20000 x 20000; beyond that a decode alone needs over a GiB
+MAX_PIXELS = 400_000_000  # 20000 x 20000 decoded (checked from the header): at most 1.6 GB as RGBA
 RESIZE_LIMIT = 16_000_000  # a resized image larger than this (a thin strip) is cropped while resizing
 
 
@@ -34,26 +34,26 @@ def read_image(path: str | Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise XvizError(f"image `{path}` is empty (0 bytes)")
     old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # checked below from the header, after a JPEG's reduced-scale draft
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if min(img.size) < MIN_SIDE:
-                    raise XvizError(
-                        f"image `{path}` is {img.size[0]}x{img.size[1]} pixels: too small to explain "
-                        f"(at least {MIN_SIDE}x{MIN_SIDE} needed)"
-                    )
-                img.draft("RGB", (4096, 4096))  # JPEG: decode huge photos at a reduced scale
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+        with Image.open(path) as img:  # reads the header only
+            if min(img.size) < MIN_SIDE:
+                raise XvizError(
+                    f"image `{path}` is {img.size[0]}x{img.size[1]} pixels: too small to explain "
+                    f"(at least {MIN_SIDE}x{MIN_SIDE} needed)"
+                )
+            img.draft("RGB", (4096, 4096))  # JPEG: decode huge photos at a reduced scale
+            width, height = img.size  # what will be decoded
+            if width * height > MAX_PIXELS:
+                raise XvizError(f"image `{path}` is {width}x{height} = {width * height:,} pixels, over the "
+                                f"{MAX_PIXELS:,} xviz decodes: downscale it first")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
     except UnidentifiedImageError:
         raise XvizError(
             f"`{path}` is not an image xviz can read (supported: {', '.join(IMAGE_SUFFIXES)})"
         ) from None
-    except Image.DecompressionBombError:
-        raise XvizError(f"image `{path}` has over {MAX_PIXELS:,} pixels: downscale it first") from None
     except PermissionError:
         raise XvizError(f"image `{path}` cannot be read (permission denied): check its permissions") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -152,13 +152,25 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(
-            resize=d.get("resize"),
-            crop=d.get("crop"),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            interpolation=d.get("interpolation", "bilinear"),
-        )
+        """The inverse of :meth:`to_dict`; a ValueError names the entry that is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"is {type(d).__name__} `{str(d)[:40]}`, not a table of resize, crop, mean, std")
+        for key in ("resize", "crop"):
+            value = d.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{key}` is `{value}`: must be a whole number of pixels, at least 1 (or absent)")
+        for key in ("mean", "std"):
+            values = d.get(key)
+            if not isinstance(values, (list, tuple)) or len(values) not in (1, 3) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise ValueError(f"`{key}` is `{values}`: must be three numbers (R, G, B) or one for all")
+        if not all(v > 0 for v in d["std"]):
+            raise ValueError(f"`std` is `{d['std']}`: every value must be positive (inputs are divided by it)")
+        interpolation = d.get("interpolation", "bilinear")
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"`interpolation` is `{interpolation}`: choose {', '.join(_INTERPOLATIONS)}")
+        return cls(d.get("resize"), d.get("crop"), tuple(float(v) for v in d["mean"]),
+                   tuple(float(v) for v in d["std"]), interpolation)
 
     @classmethod
     def from_transforms(cls, t) -> "Preprocessing":

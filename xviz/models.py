@@ -35,6 +35,16 @@ class LoadedModel:
         return self
 
 
+def check_finite_outputs(outputs: torch.Tensor, model: LoadedModel | nn.Module) -> torch.Tensor:
+    """``outputs`` (the model's scores) unchanged when every value is finite; otherwise a one-line
+    XvizError naming where the model came from: NaN scores have no predicted class to explain or rank."""
+    if bool(torch.isfinite(outputs).all()):
+        return outputs
+    where = f"the model from `{model.source}`" if isinstance(model, LoadedModel) else f"model `{type(model).__name__}`"
+    raise XvizError(f"{where} gives NaN or infinite outputs, so nothing it predicts can be explained or scored "
+                    "(a training run that diverged?): pick another checkpoint or retrain")
+
+
 def load_model(name: str | None = None, *, weights: str = "DEFAULT", checkpoint: str | Path | None = None,
                pm=None, num_classes: int | None = None, classes=None, options: dict | None = None,
                size: int | None = None, resize: int | None = None, mean=None, std=None) -> LoadedModel:
@@ -289,19 +299,33 @@ def _assemble(spec: ModelSpec, data: dict, path: Path, num_classes: int | None =
     count = num_classes or len(class_names) or len(spec.class_names)
     if not class_names:
         class_names = list(spec.class_names) if count == len(spec.class_names) else [str(i) for i in range(count)]
-    module = spec.build(count, **dict(data.get("arch_options") or {}))
-    _load_state(module, data["state_dict"], spec.name, path)
+    try:
+        module = spec.build(count, **dict(data.get("arch_options") or {}))
+    except TypeError as exc:
+        raise XvizError(f"checkpoint `{path}`: field `arch_options` {dict(data['arch_options'])} does not fit model "
+                        f"`{spec.name}` ({exc})") from None
+    _load_state(module, data["state_dict"], spec.name, path, class_names if data.get("class_names") else None)
     pre = data.get("preprocessing")
     preprocessing = Preprocessing.from_dict(pre) if pre else spec.preprocessing
     meta = {k: v for k, v in data.items() if k != "state_dict"}
     return LoadedModel(module, spec.name, class_names, preprocessing, str(path), meta)
 
 
-def _load_state(module: nn.Module, state: dict, name: str, path: Path) -> None:
-    """Load ``state`` into ``module`` strictly; a mismatch is one line naming a tensor."""
+def _load_state(module: nn.Module, state: dict, name: str, path: Path, named_classes=None) -> None:
+    """Load ``state`` into ``module`` strictly; a mismatch is one line naming a tensor (or, for a
+    checkpoint that names its classes, the field ``class_names`` when only the class count differs)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
     own = module.state_dict()
     shape_errors = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if named_classes is not None:
+        heads = [k for k in shape_errors if own[k].dim() and state[k].dim() and
+                 own[k].shape[0] == len(named_classes) != state[k].shape[0]]  # the class count is what differs
+        outputs = {state[k].shape[0] for k in heads}
+        if len(outputs) == 1:
+            key = heads[0]
+            raise XvizError(f"checkpoint `{path}`: field `class_names` lists {len(named_classes)} names but the "
+                            f"weights give {outputs.pop()} outputs (`{key}` has shape "
+                            f"{'x'.join(map(str, state[key].shape))}): re-save it with one name per output")
     if shape_errors:
         k = shape_errors[0]
         more = f" (and {len(shape_errors) - 1} more)" if len(shape_errors) > 1 else ""

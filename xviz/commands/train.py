@@ -34,10 +34,10 @@ def _train_flags(parser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, dict) or isinstance(default, list) or f.name == "augment":
             parser.add_argument(flag, default=None, metavar="A=1,B=2" if isinstance(default, dict) else "A,B")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            parser.add_argument(flag, type=type(default), default=None, metavar=type(default).__name__.upper())
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):  # checked by the config
+            parser.add_argument(flag, default=None, metavar=type(default).__name__.upper())
         elif default is None and str(f.type).startswith("int"):  # e.g. image_size: int | None
-            parser.add_argument(flag, type=int, default=None, metavar="INT")
+            parser.add_argument(flag, default=None, metavar="INT")
         else:
             parser.add_argument(flag, default=None)
 
@@ -46,33 +46,25 @@ def config_from_args(args):
     """The TrainConfig of a recipe (``--recipe``) with the flags given on top."""
     import dataclasses
 
-    from xviz.train.config import TrainConfig, make_config, parse_groups
+    from xviz.train.config import TrainConfig, make_config, parse_flag
 
     values = {}
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        if isinstance(default, dict):
-            value = parse_groups(value, "--" + f.name.replace("_", "-"))
-        elif isinstance(default, list) or f.name == "augment":
-            items = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
-            value = [int(v) for v in items] if f.name == "milestones" else items
-        values[f.name] = value
+        if value is not None:
+            values[f.name] = value if isinstance(value, bool) else parse_flag(f.name, value)
     return make_config(args.recipe, **values)
 
 
 def cmd_train(args) -> int:
     from xviz.train import train
-    from xviz.train.checkpoints import RunFolder
-    from xviz.train.config import TrainConfig
+    from xviz.train.config import TrainConfig, parse_flag
+    from xviz.train.run_folder import RunFolder
 
     if args.resume:
-        latest = RunFolder(args.resume).latest()  # None: train() says there is nothing to resume
-        cfg = TrainConfig(**latest["config"]) if latest else TrainConfig()
+        cfg = TrainConfig(**RunFolder(args.resume).saved_config())
         if args.epochs is not None:
-            cfg.epochs = args.epochs
+            cfg.epochs = parse_flag("epochs", args.epochs)
         cfg.out = args.resume
         result = train(cfg.validate(), resume=True, pm=args.pm)
     else:
@@ -82,7 +74,7 @@ def cmd_train(args) -> int:
             raise XvizError(f"`--out {out}` names a run folder, not a checkpoint file: e.g. --out {out.with_suffix('')}")
         if out.exists() and not out.is_dir():
             raise XvizError(f"`{out}` is a file, not a folder: choose another --out")
-        result = train(cfg, pm=args.pm)
+        result = train(cfg, overwrite=args.overwrite, pm=args.pm)
     if result.main and not result.finished_before:  # once, by rank 0 of several processes
         print(f"best test accuracy {100 * result.best_acc:.2f}%; checkpoints in {result.run}/ "
               f"(best.pt, last.pt, history.json, history.csv)")
@@ -142,6 +134,8 @@ def xviz_register_commands(subparsers):
                               epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", help="a bundled recipe name (`xviz recipes`) or a .toml file; flags override it")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
+                   "best.pt, last.pt, history)")
     _train_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -20,13 +20,15 @@ def find_mistakes(model, dataset, class_names, batch_size: int = 64, limit: int 
     ``(mistakes, total)``, mistakes in dataset order."""
     import torch
 
+    from xviz.models import check_finite_outputs
+
     device = next(model.module.parameters()).device
     mistakes, total = [], len(dataset) if limit is None else min(limit, len(dataset))
     with torch.no_grad():
         for start in range(0, total, batch_size):
             items = [dataset[i] for i in range(start, min(total, start + batch_size))]
             batch = torch.stack([model.preprocessing.normalize(view) for view, _ in items]).to(device)
-            probs = torch.softmax(model.module(batch).float(), dim=1)
+            probs = torch.softmax(check_finite_outputs(model.module(batch).float(), model), dim=1)
             p, pred = probs.max(dim=1)
             for j, ((_, label), k, pk) in enumerate(zip(items, pred.tolist(), p.tolist())):
                 if k != int(label):

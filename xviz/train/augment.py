@@ -17,8 +17,7 @@ from torchvision import transforms as T
 
 from xviz.errors import XvizError
 from xviz.images import Preprocessing
-
-AUGMENTATIONS = ("crop", "flip", "rotate", "jitter", "rrc", "cutout")
+from xviz.train.config import AUGMENTATIONS  # the `augment` setting's choices
 
 
 class Cutout:

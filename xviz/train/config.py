@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,18 @@ else:  # pragma: no cover
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "multistep", "cosine", "onecycle", "halving")
+AUGMENTATIONS = ("crop", "flip", "rotate", "jitter", "rrc", "cutout")  # built in xviz/train/augment.py
+SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
+
+
+def setting(default, *, help: str = "", **rule):
+    """A :class:`TrainConfig` field with what it accepts next to it: ``low``/``high`` (inclusive bounds),
+    ``above`` (exclusive lower bound), ``choices``; the type comes from the field's annotation
+    (``int``, ``float``, ``bool``, ``str``, ``list[str]``, ``dict[str, int]``, ``... | None``)."""
+    metadata = {"rule": rule, "help": help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -43,64 +57,52 @@ class TrainConfig:
     model: str = "xviz-demo"
     weights: str = "none"  # none | DEFAULT (pretrained) | PATH: transfer the layers that fit
     head: str | None = None  # linear | concat (torchvision backbones)
-    model_options: dict = field(default_factory=dict)  # architecture options, e.g. {attention = "after"}
-    transfer: str = "all"  # what to take from `weights`: all | backbone (everything but the head)
-    transfer_exclude: list = field(default_factory=list)  # module names whose weights are not taken
+    model_options: dict = setting({})  # architecture options, e.g. {attention = "after"}
+    transfer: str = setting("all", choices=("all", "backbone"))  # what to take from `weights`: all | backbone (all but the head)
+    transfer_exclude: list[str] = setting([])  # module names whose weights are not taken
     dataset: str = "synthetic"
     data: str | None = None
-    dataset_options: dict = field(default_factory=dict)  # e.g. {size = 512} for synthetic
-    image_size: int | None = None  # train/test at this input size instead of the dataset's own
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    dataset_options: dict = setting({})  # e.g. {size = 512} for synthetic
+    image_size: int | None = setting(None, low=8)  # train/test at this input size instead of the dataset's own
+    epochs: int = setting(10, low=1)
+    batch_size: int = setting(64, low=1)
+    optimizer: str = setting("sgd", choices=OPTIMIZERS)
+    lr: float = setting(0.05, above=0)
+    momentum: float = setting(0.9, low=0, high=1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    scheduler: str = "cosine"
-    step_size: int = 30  # step: epochs between decays
-    gamma: float = 0.1  # step, multistep: decay factor
-    milestones: list = field(default_factory=list)  # multistep: epochs where lr decays
-    halve_every: int = 25  # halving: lr *= 0.5 every N epochs
-    unfreeze: dict = field(default_factory=dict)  # group -> first trainable epoch; empty: all from epoch 1
-    lr_mult: dict = field(default_factory=dict)  # group -> lr multiplier
+    weight_decay: float = setting(5e-4, low=0)
+    scheduler: str = setting("cosine", choices=SCHEDULERS)
+    step_size: int = setting(30, low=1)  # step: epochs between decays
+    gamma: float = setting(0.1, above=0)  # step, multistep: decay factor
+    milestones: list[int] = setting([], low=1)  # multistep: epochs where lr decays
+    halve_every: int = setting(25, low=1)  # halving: lr *= 0.5 every N epochs
+    unfreeze: dict[str, int] = setting({}, low=1)  # group -> first trainable epoch; empty: all from epoch 1
+    lr_mult: dict[str, float] = setting({}, low=0)  # group -> lr multiplier
     train_bn: bool = True  # BatchNorm layers keep training while their block is frozen
     sync_bn: bool = False  # several processes: BatchNorm statistics over all processes' batches together
-    augment: list | None = None  # None: the dataset's default
-    crop_padding: int = 4
-    cutout: int = 16
-    rotation: float = 45.0
-    jitter: float = 0.4
-    rrc_scale: float = 0.08
-    label_smoothing: float = 0.0
+    augment: list[str] | None = setting(None, choices=AUGMENTATIONS)  # None: the dataset's default
+    crop_padding: int = setting(4, low=0)
+    cutout: int = setting(16, low=0)
+    rotation: float = setting(45.0, low=0, high=180)
+    jitter: float = setting(0.4, low=0)
+    rrc_scale: float = setting(0.08, above=0, high=1)
+    label_smoothing: float = setting(0.0, low=0, high=1)
     reg: str = "none"  # a registered regulariser (`xviz train --help`; e.g. l2-sp, fea-map, afd): loss = CE + reg_lambda * R
-    reg_lambda: float = 0.01
-    reg_options: dict = field(default_factory=dict)  # options of the regulariser, e.g. {layers = "layer4.1.conv2"}
-    seed: int = 0
+    reg_lambda: float = setting(0.01, low=0)
+    reg_options: dict = setting({})  # options of the regulariser, e.g. {layers = "layer4.1.conv2"}
+    seed: int = setting(0, low=0, high=SEED_MAX)
     device: str = "auto"
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA) | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
-    workers: int = 0
-    keep: int = 3  # newest checkpoints kept beside best.pt
+    amp: str = setting("auto", choices=("auto", "off"))  # auto (bf16/fp16 on CUDA) | off
+    channels_last: str = setting("auto", choices=("auto", "on", "off"))  # auto (on CUDA) | on | off
+    workers: int = setting(0, low=0)
+    keep: int = setting(3, low=1)  # newest checkpoints kept beside best.pt
     out: str = "runs/xviz"
 
     def validate(self) -> "TrainConfig":
-        def need(ok, message):
-            if not ok:
-                raise XvizError(message)
-
-        need(self.epochs >= 1, f"`epochs = {self.epochs}` must be at least 1")
-        need(self.batch_size >= 1, f"`batch_size = {self.batch_size}` must be at least 1")
-        need(self.lr > 0, f"`lr = {self.lr}` must be positive")
-        need(self.optimizer in OPTIMIZERS, f"unknown optimizer `{self.optimizer}`: choose {', '.join(OPTIMIZERS)}")
-        need(self.scheduler in SCHEDULERS, f"unknown schedule `{self.scheduler}`: choose {', '.join(SCHEDULERS)}")
-        need(self.transfer in ("all", "backbone"), f"`transfer = {self.transfer}`: choose all or backbone")
-        need(self.reg_lambda >= 0, f"`reg_lambda = {self.reg_lambda}` must be >= 0")
-        need(self.keep >= 1, f"`keep = {self.keep}` must be at least 1")
-        for group, epoch in self.unfreeze.items():
-            need(isinstance(epoch, int) and epoch >= 1, f"unfreeze `{group}` at epoch `{epoch}`: epochs start at 1")
-        for group, mult in self.lr_mult.items():
-            need(isinstance(mult, (int, float)) and mult >= 0, f"lr_mult `{group}` = `{mult}` must be >= 0")
+        """Check every setting against its rule (type, range, choices); values are normalised in place
+        (``lr = 1`` -> ``1.0``, ``augment = "flip"`` -> ``["flip"]``). Raises a one-line XvizError."""
+        for name, rule in RULES.items():
+            setattr(self, name, rule.check(name, getattr(self, name)))
         return self
 
     def to_dict(self) -> dict:
@@ -111,7 +113,135 @@ class TrainConfig:
         return {**self.model_options, **({"head": self.head} if self.head else {})}
 
 
+_ANNOTATION = re.compile(r"^(?P<kind>int|float|bool|str|list|dict)(?:\[(?:str, )?(?P<item>int|float|str)\])?"
+                         r"(?P<optional> \| None)?$")
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _shown(value) -> str:
+    """``value`` as it would be written in a recipe (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_shown(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting accepts. ``kind`` is int, float, bool, str, list or dict; ``item`` the type of a
+    list's items or a table's values (None: anything, for options passed on to a plugin)."""
+
+    kind: str
+    item: str | None = None
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    choices: tuple = ()
+
+    @classmethod
+    def of(cls, f: dataclasses.Field) -> "Rule":
+        match = _ANNOTATION.match(str(f.type))
+        if match is None:  # pragma: no cover - a new field with an annotation this parser does not know
+            raise TypeError(f"TrainConfig.{f.name}: annotate it as int, float, bool, str, list[...] or dict[...]")
+        return cls(match["kind"], match["item"], bool(match["optional"]), **f.metadata.get("rule", {}))
+
+    def check(self, name: str, value):
+        """``value`` in this setting's type, or an XvizError naming the setting and what it accepts."""
+        if value is None and self.optional:
+            return None
+        if self.kind == "list":
+            if isinstance(value, str):  # one name, or names separated by commas as on the command line
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise XvizError(f"`{name} = {_shown(value)}` must be a list, e.g. {name} = "
+                                f"{_shown([1, 2] if self.item == 'int' else ['a', 'b'])}")
+            return [self._scalar(name, v, self.item, f"{name} = {_shown(value)}") for v in value]
+        if self.kind == "dict":
+            if not isinstance(value, dict):
+                raise XvizError(f"`{name} = {_shown(value)}` must be a table of name = value, e.g. "
+                                f"--{name.replace('_', '-')} a=1,b=2 or [{name}] in a recipe")
+            return {str(k): self._scalar(f"{name}.{k}", v, self.item) for k, v in value.items()}
+        return self._scalar(name, value, self.kind)
+
+    def _scalar(self, name: str, value, kind: str | None, whole: str | None = None):
+        shown = whole or f"{name} = {_shown(value)}"
+        if kind is None:
+            return value
+        if kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):
+                raise XvizError(f"`{shown}` must be a finite number")
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            what = _KINDS[kind] + (" or none" if self.optional and not whole else "")
+            raise XvizError(f"`{shown}` must be {what}" if not whole else f"`{shown}`: each item must be {what}")
+        if self.choices and value not in self.choices:
+            raise XvizError(f"unknown {name.split('.')[0]} `{value}`: choose {', '.join(self.choices)}")
+        if kind in ("int", "float"):
+            low_ok = (self.low is None or value >= self.low) and (self.above is None or value > self.above)
+            if not low_ok or (self.high is not None and value > self.high):
+                raise XvizError(f"`{shown}` must be {self._range()}")
+        return value
+
+    def _range(self) -> str:
+        def num(x):
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        low = f"above {num(self.above)}" if self.above is not None else \
+            f"at least {num(self.low)}" if self.low is not None else ""
+        if self.high is None:
+            return low
+        if self.low is not None:
+            return f"between {num(self.low)} and {num(self.high)}"
+        return f"{low} and at most {num(self.high)}" if low else f"at most {num(self.high)}"
+
+    def parse(self, name: str, text: str):
+        """A command-line value (text) in this setting's type; the same checks and messages as a recipe."""
+        if self.kind == "list":
+            items = [v.strip() for v in text.split(",") if v.strip() and v.strip().lower() != "none"]
+            return self.check(name, [_number(v, self.item) for v in items])
+        if self.kind == "dict":
+            return self.check(name, parse_groups(text, f"--{name.replace('_', '-')}"))
+        if self.optional and text.strip().lower() == "none":
+            return None
+        if self.kind == "bool" and text.strip().lower() in ("true", "false"):
+            return self.check(name, text.strip().lower() == "true")
+        return self.check(name, _number(text.strip(), self.kind))
+
+
+def _number(text: str, kind: str | None):
+    """``text`` as an int or float when it reads as one and ``kind`` is numeric; else unchanged."""
+    if kind not in ("int", "float"):
+        return text
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+RULES = {name: Rule.of(f) for name, f in FIELDS.items()}
+
+
+def parse_flag(name: str, text: str):
+    """The command-line value ``--NAME text`` of setting ``name``, checked like a recipe's."""
+    return RULES[name].parse(name, text)
 
 
 def recipe_path(name_or_path: str) -> Path:

@@ -36,10 +36,9 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def write_history(run_dir, history) -> tuple[Path, Path]:
-    """Write ``run_dir/history.json`` (a list of dicts) and ``run_dir/history.csv`` (header: the union
-    of the keys in first-seen order; a row without a key leaves its cell empty), both atomically."""
-    run_dir = Path(run_dir)
+def history_files(history) -> dict[str, bytes]:
+    """The contents of ``history.json`` (a list of dicts) and ``history.csv`` (header: the union of the
+    keys in first-seen order; a row without a key leaves its cell empty) for ``history``."""
     rows = [dict(row) for row in history]
     text = json.dumps(rows, indent=1, default=_plain)
     keys = list(dict.fromkeys(key for row in rows for key in row))
@@ -48,10 +47,15 @@ def write_history(run_dir, history) -> tuple[Path, Path]:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (_plain(v) if hasattr(v, "item") else v) for k, v in row.items()})
-    json_path = atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    csv_path = atomic_write(run_dir / "history.csv",
-                            lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8", newline=""))
-    return json_path, csv_path
+    return {"history.json": text.encode("utf-8"), "history.csv": buffer.getvalue().encode("utf-8")}
+
+
+def write_history(run_dir, history) -> tuple[Path, Path]:
+    """Write ``run_dir/history.json`` and ``run_dir/history.csv`` (:func:`history_files`), both atomically."""
+    run_dir = Path(run_dir)
+    files = history_files(history)
+    return tuple(atomic_write(run_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+                 for name, data in files.items())
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -29,9 +29,8 @@ from xviz.errors import XvizError
 from xviz.models import is_weights_file, pretrained, torch_device, transfer_state
 from xviz.train import distributed
 from xviz.train.augment import resized, train_transform
-from xviz.train.checkpoints import RunFolder, rng_state, set_rng_state
+from xviz.train.run_folder import RunFolder, rng_state, set_rng_state, unlocks_run_folders
 from xviz.train.config import TrainConfig
-from xviz.train.history import write_history
 from xviz.train.schedules import FreezeSchedule, head_name, make_optimizer, make_scheduler
 
 
@@ -145,9 +144,11 @@ def lonely_last_batch(module: nn.Module, cfg: TrainConfig, world: distributed.Wo
             f"out ({per_rank - 1} of {per_rank} images{each} per epoch)")
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> TrainResult:
-    """Train as ``cfg`` says, writing a run folder at ``cfg.out``; ``resume`` continues its newest
-    checkpoint exactly (or says the run is finished). Under torchrun every process calls this: each
+@unlocks_run_folders
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm=None, log=print) -> TrainResult:
+    """Train as ``cfg`` says, writing a run folder at ``cfg.out`` (locked meanwhile); ``resume`` repairs
+    it and continues its newest checkpoint exactly (or says the run is finished); ``overwrite``
+    replaces a run already there. Under torchrun every process calls this: each
     trains and tests its shard, the numbers reported are the sums over all, rank 0 logs and writes."""
     pm = pm or registry.default_plugin_manager()
     device = torch_device(cfg.device)
@@ -158,11 +159,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
     finished = None
     with distributed.every_rank_alike(world, device):
         run = RunFolder(cfg.out, cfg.keep)
-        state = run.latest() if resume else None
-        if resume and state is None:
-            raise XvizError(f"nothing to resume in `{cfg.out}`: it holds no checkpoint (start without --resume)")
-        if not resume and run.epoch_files():
-            raise XvizError(f"`{cfg.out}` already holds a run: continue it with --resume or choose another --out")
+        state = run.open(cfg.to_dict(), resume=resume, overwrite=overwrite, log=log) if world.main else \
+            (run.resume_point() if resume else None)
         if state is not None:
             saved = TrainConfig(**state["config"])
             if saved.model != cfg.model or dict(state.get("arch_options") or {}) != cfg.arch_options():
@@ -301,8 +299,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, pm=None, log=print) -> Trai
                         "scaler": scaler.state_dict(), "rng": rng_state()}
             if regularizer is not None:
                 training["regularizer"] = regularizer.state_dict()
-            run.save(epoch, dict(meta, state_dict=module.state_dict(), history=history), training, is_best)
-            write_history(run.root, history)
+            run.commit(epoch, dict(meta, state_dict=module.state_dict(), history=history), training)
         log(f"epoch {epoch}/{cfg.epochs} - train loss {row['train_loss']:.4f} - train acc {100 * row['train_acc']:.2f}%"
             f" - test loss {test_loss:.4f} - test acc {100 * test_acc:.2f}% - {row['seconds']:.0f}s"
             + (" - best" if is_best else ""))
