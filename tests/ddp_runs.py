@@ -130,8 +130,8 @@ def main(out: Path) -> int:
     except (xviz.XvizError, SystemExit) as exc:
         said = str(exc) if isinstance(exc, xviz.XvizError) else f"exit {exc.code}"
         (out / f"one-rank-rank{rank}.json").write_text(json.dumps(said))
-    return xviz_main(["train", "--model", "xviz-demo", "--dataset-options", "size=0", "--device", "cpu",
-                      "--out", str(out / "empty")])
+    return xviz_main(["train", "--model", "tiny-user", "--dataset", "dots", "--dataset-options", "size=0",
+                      "--device", "cpu", "--out", str(out / "empty")], pm=plugin_manager())
 
 
 if __name__ == "__main__":

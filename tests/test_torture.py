@@ -360,7 +360,7 @@ def _malformed(demo):
     last = [k for k in state if k.endswith("weight")][-1]
     wide = dict(state, **{last: torch.zeros(state[last].shape[0], state[last].shape[1] + 1)})
     return {
-        "shapes": (_demo_fields(demo, state_dict=wide), f"1 of another shape (e.g. `{last}`)"),
+        "shapes": (_demo_fields(demo, state_dict=wide), f"tensor `{last}` has shape"),
         "fewer class names": (_demo_fields(demo, class_names=["a", "b", "c"]),
                               "field `class_names` lists 3 names but the weights give 6 outputs"),
         "class names not text": (_demo_fields(demo, class_names=[1, 2, 3, 4, 5, 6]),

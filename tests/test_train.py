@@ -410,7 +410,7 @@ def test_a_mistake_met_by_one_process_stops_all_and_is_said_by_it(ddp_runs):
 def test_an_empty_dataset_on_two_processes_is_one_line(ddp_runs):
     _, proc, _ = ddp_runs
     errors = [line for line in proc.stderr.splitlines() if "xviz: error:" in line]
-    assert errors == ["xviz: error: the train split of dataset `synthetic` holds no images: check --data and "
+    assert errors == ["xviz: error: the train split of dataset `dots` holds no images: check --data and "
                       "--dataset-options"]
     assert proc.returncode != 0 and proc.stderr.count("Traceback") <= 1  # torchrun's report of the exit, none from ranks
 
@@ -432,10 +432,13 @@ def test_a_last_batch_of_one_on_one_process(tmp_path, capsys):
 
 
 def test_an_empty_dataset_is_one_line(tmp_path, capsys):
+    import ddp_runs
+
     from xviz.cli import main
 
-    assert main(["train", "--model", "xviz-demo", "--dataset-options", "size=0", "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err == ("xviz: error: the train split of dataset `synthetic` holds no images: check "
+    assert main(["train", "--model", "tiny-user", "--dataset", "dots", "--dataset-options", "size=0", "--out",
+                 str(tmp_path / "run")], pm=ddp_runs.plugin_manager()) == 2
+    assert capsys.readouterr().err == ("xviz: error: the train split of dataset `dots` holds no images: check "
                                        "--data and --dataset-options\n")
 
 
