@@ -318,7 +318,7 @@ SETTINGS = [  # (recipe line, flag, the message both give)
     ('amp = "maybe"', ["--amp", "maybe"], "unknown amp `maybe`: choose auto, off"),
     ("keep = 0", ["--keep", "0"], "`keep = 0` must be at least 1"),
     ("[dataset_options]\nsize = -4", ["--dataset-options", "size=-4"],
-     "dataset `synthetic` does not accept the options {'size': -4}: `size` must be a whole number of at least 1"),
+     "dataset `synthetic` does not accept the options {'size': -4}: `size` must be a whole number of at least 0"),
     ('[dataset_options]\nsize = "abc"', ["--dataset-options", "size=abc"],
      "dataset `synthetic` does not accept the options {'size': 'abc'}: `size` must be a whole number"),
 ]

@@ -163,7 +163,7 @@ class SyntheticParts:
                  transform=None):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLITS)}")
-        for name, value, low in (("size", size, 1), ("seed", seed, 0), ("image_size", image_size, 16)):
+        for name, value, low in (("size", size, 0), ("seed", seed, 0), ("image_size", image_size, 16)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise ValueError(f"`{name}` must be a whole number of at least {low}, not {value!r}")
         self.split, self.seed, self.image_size = split, seed, image_size
