@@ -44,7 +44,10 @@ class Figure:
     """A documented figure: its page's ``title`` and ``description`` (Markdown), the ``steps``
     that draw it for a :class:`Setting`, the ``images`` (file names in the page's folder) shown in
     this order, and what must be registered for it: ``methods`` (also linked from their method
-    pages) and ``commands``. ``note`` follows the pictures (Markdown; may use ``{runs}``)."""
+    pages) and ``commands``. ``note`` follows the pictures (Markdown; may use ``{runs}``).
+    ``source``: the document figure it reproduces (e.g. "Learn to Pay Attention, Figure 2");
+    ``reproduction``: the honest status shown at the top of the page and in the index: on what
+    data, what matches the document and what does not."""
 
     slug: str
     title: str
@@ -54,6 +57,8 @@ class Figure:
     methods: tuple[str, ...] = ()
     commands: tuple[str, ...] = ()
     note: str = ""
+    source: str = ""
+    reproduction: str = ""
 
 
 def _pick_images(data: str, count: int, pattern: str = "CUB_200_2011/images") -> list[str]:
