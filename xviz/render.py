@@ -106,14 +106,13 @@ def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap
         raise XvizError("nothing to draw: the grid got no images")
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.9 * nrows), squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             ax.imshow(overlay(images[i], heatmaps[i], alpha, cmap, signed))
             if titles:
                 ax.set_title(titles[i], fontsize=8)
-    fig.tight_layout()
     return fig
 
 
