@@ -347,7 +347,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         bar.close()
         undecodable = _lines(getattr(train_set, "skip_log", None)) - undecodable
         if undecodable:
-            log(f"{undecodable} images could not be decoded and were left out of their batches (listed in "
+            log(f"{undecodable} image{'s' if undecodable > 1 else ''} could not be decoded and "
+                f"{'were' if undecodable > 1 else 'was'} left out of {'their' if undecodable > 1 else 'its'} batch (listed in "
                 f"{train_set.skip_log})")
         loss_sum, correct, seen, reg_sum = distributed.all_sum(world, [loss_sum, correct, seen, reg_sum], device)
         if not synced_bn:
