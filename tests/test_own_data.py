@@ -86,7 +86,7 @@ def test_train_on_an_image_folder(tmp_path, folder, model_file):
     """A user's 10-class model from a file, trained on a folder with a damaged, a truncated and a non-image
     file: the head is resized to 3, the damaged files are listed and skipped, accuracy is measured."""
     lines = []
-    result = train(config(tmp_path, folder, f"{model_file}:tiny_cnn"), log=lines.append)
+    result = train(config(tmp_path, folder, f"{model_file}:tiny_cnn", workers=1), log=lines.append)  # decoded in a worker
     run = tmp_path / "run"
     text = "\n".join(lines)
     assert "train: 47 images in 3 classes (blue 8, green 20, red 19); imbalance 2.5x" in text
@@ -111,6 +111,11 @@ def test_the_run_split_comes_back_for_evaluation(tmp_path, folder, model_file, r
     recorded = json.loads((tmp_path / "run" / "split.json").read_text())["test"]
     assert name == "imagefolder" and sorted(p.relative_to(folder).as_posix() for p in map(
         __import__("pathlib").Path, (s for s, _ in data.samples))) == recorded
+    from xviz.train.loop import build_data
+
+    cfg = TrainConfig(**read_checkpoint(tmp_path / "run")["config"])  # what --resume rebuilds
+    _, test_set, *_ = build_data(cfg, None, tmp_path / "run")
+    assert sorted(s for s, _ in test_set.samples) == sorted(s for s, _ in data.samples)
     code, out, _ = run_cli("misclassified", "--checkpoint", tmp_path / "run", "--data", folder, "--count", "2",
                            "--method", "gradcam", "--out", tmp_path / "mis.png", "--device", "cpu")
     assert code == 0 and f"of {len(recorded)} test images misclassified" in out
@@ -157,6 +162,13 @@ def test_bad_folders_are_one_line_each(tmp_path, run_cli, root, options, message
     assert code == 2 and "Traceback" not in err
     line = err.strip().splitlines()
     assert len(line) == 1 and __import__("re").search(message, line[0]), err
+
+
+def test_lr_find_on_a_folder(run_cli, tmp_path, folder, model_file):
+    code, out, err = run_cli("lr-find", "--dataset", "imagefolder", "--data", folder, "--model",
+                             f"{model_file}:tiny_cnn", "--image-size", "16", "--batch-size", "8", "--iterations", "12",
+                             "--plot", tmp_path / "lr.png")
+    assert code == 0 and "suggested learning rate" in out and (tmp_path / "lr.png").stat().st_size > 1000
 
 
 def test_imagefolder_needs_data(run_cli, tmp_path):
@@ -239,6 +251,23 @@ def test_flowers102_missing_files_is_one_line(tmp_path, pm):
     with pytest.raises(XvizError, match=r"flowers-102/jpg` is missing; put 102flowers.tgz, imagelabels.mat, "
                                         r"setid.mat from https://www.robots.ox.ac.uk"):
         load_dataset("flowers102", "train", root=tmp_path, pm=pm, download=False)
+
+
+def test_flowers102_offline_is_one_line(tmp_path, pm, monkeypatch):
+    """download=True (the default) without the network: one line naming the folder, what to put there."""
+    import urllib.error
+
+    import torchvision.datasets.flowers102 as tv_flowers
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_flowers, "download_and_extract_archive", offline)
+    from xviz.datasets import load_dataset
+
+    with pytest.raises(XvizError, match=r"`.*flowers-102` does not hold Oxford 102 Flowers and downloading it failed "
+                                        r"\(.*name resolution.*\); put 102flowers.tgz"):
+        load_dataset("flowers102", "train", root=tmp_path, pm=pm)
 
 
 def test_flowers_recipe_trains_on_the_fake_archive(tmp_path, flowers):

@@ -94,13 +94,15 @@ def _note_version_changes(recorded: dict) -> None:
 
 
 def _data_of_run(args, model):
-    """``--checkpoint RUN --data ROOT``: the dataset the run trained on, read from ROOT, with the split its run
-    folder recorded (an imagefolder run's held-out images, labelled); None otherwise."""
+    """``--checkpoint RUN --data ROOT``, RUN trained on a dataset read from a folder: that dataset, read from
+    ROOT, with the split its run folder recorded (an imagefolder run's held-out images, labelled); None
+    otherwise (ROOT is then a folder of unlabelled images)."""
     from pathlib import Path
 
     from xviz.datasets import run_dataset
 
-    if not args.checkpoint or not Path(args.data).is_dir():
+    trained_on = ((model.checkpoint or {}).get("config") or {}).get("data")
+    if not args.checkpoint or not trained_on or not Path(args.data).is_dir():
         return None
     found = run_dataset(model, args.data, args.split, model.preprocessing.tensor, args.pm)
     return (found[0], f"`{found[1]}` `{args.data}` ({args.split})") if found else None

@@ -14,6 +14,8 @@ from xviz.errors import XvizError
 TRAIN_EXAMPLES = """examples:
   xviz train --recipe cifar10-resnet18-flip --out runs/flip              (a bundled recipe; `xviz recipes`)
   xviz train --model xviz-demo --dataset synthetic --epochs 15 --out runs/demo
+  xviz train --dataset imagefolder --data my_images --model resnet18 --weights DEFAULT --out runs/mine
+             (your own images: my_images/<class>/*.jpg; `xviz misclassified --checkpoint runs/mine --data my_images`)
   xviz train --model resnet50 --weights DEFAULT --head concat --dataset cub200 --data ~/data \\
              --unfreeze head=1,all=51 --lr-mult layer4=0.1 --epochs 80 --out runs/cub
   xviz train --resume runs/cub                                          (continue exactly where it stopped)
@@ -34,7 +36,8 @@ def _train_flags(parser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = "none" if default in (None, [], {}) else str(default).lower() if isinstance(default, bool) else ",".join(map(str, default)) if isinstance(default, list) \
             else ",".join(f"{k}={v}" for k, v in default.items()) if isinstance(default, dict) else str(default)
-        text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
+        text = f.metadata.get("help", "")
+        text = (text if "(default:" in text else f"{text} (default: {shown})").replace("%", "%%")
         group = groups.get(f.metadata.get("group"), parser)
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)

@@ -311,46 +311,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         freeze.set_bn_modes()
         generator.manual_seed(cfg.seed * 100_003 + epoch)  # workers' seeds do not depend on resuming
         sampler.set_epoch(epoch)  # nor does the epoch's order
-        began, seen, correct, loss_sum, reg_sum = time.time(), 0, 0, 0.0, 0.0
+        began = time.time()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not world.main)
         undecodable = _lines(getattr(train_set, "skip_log", None))
-        for step, (x, y) in enumerate(bar, 1):
-            if y.numel() == 0:  # every image of the batch failed to decode
-                continue
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if regularizer is not None:
-                    penalty = regularizer.penalty(x).float()
-                    loss = loss + cfg.reg_lambda * penalty
-            loss_value = loss.item()
-            if distributed.any_rank(world, not math.isfinite(loss_value), device):
-                bar.close()
-                distributed.stop_together(world, _not_finite(loss_value, epoch, step, len(train_loader),
-                                                             optimizer, history, cfg.out))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n = y.numel()
-            seen += n
-            loss_sum += loss_value * n
-            correct += (logits.argmax(1) == y).sum().item()
-            if regularizer is not None:
-                reg_sum += penalty.item() * n
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")  # this process's
-        bar.close()
-        undecodable = _lines(getattr(train_set, "skip_log", None)) - undecodable
-        if undecodable:
-            log(f"{undecodable} image{'s' if undecodable > 1 else ''} could not be decoded and "
-                f"{'were' if undecodable > 1 else 'was'} left out of {'their' if undecodable > 1 else 'its'} batch (listed in "
-                f"{train_set.skip_log})")
-        loss_sum, correct, seen, reg_sum = distributed.all_sum(world, [loss_sum, correct, seen, reg_sum], device)
+        sums = _train_steps(model, bar, optimizer, scheduler, scaler, regularizer, cfg, epoch, history,
+                            dict(device=device, autocast=autocast, channels_last=channels_last, world=world))
+        _report_undecodable(train_set, undecodable, log)
+        loss_sum, correct, seen, reg_sum = distributed.all_sum(world, sums, device)
+        seen = max(seen, 1)
         if not synced_bn:
             distributed.broadcast_buffers(world, module)  # every rank tests the model rank 0 saves
         test_loss, test_acc = run_test_epoch(module, test_loader, device, autocast, channels_last, world)
@@ -375,6 +344,55 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         regularizer.close()
     distributed.teardown(world)
     return TrainResult(Path(cfg.out), history, best_acc, main=world.main)
+
+
+def _train_steps(model, bar, optimizer, scheduler, scaler, regularizer, cfg: TrainConfig, epoch: int,
+                 history: list[dict], where: dict) -> list[float]:
+    """The steps of one epoch over ``bar`` (the tqdm-wrapped loader); ``where`` holds ``device``,
+    ``autocast``, ``channels_last`` and ``world``. Returns this process's sums: loss, correct, seen,
+    regulariser. A batch left empty by images that failed to decode is passed over."""
+    device, autocast, world = where["device"], where["autocast"], where["world"]
+    seen, correct, loss_sum, reg_sum = 0, 0, 0.0, 0.0
+    for step, (x, y) in enumerate(bar, 1):
+        if y.numel() == 0:  # every image of the batch failed to decode
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if where["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if regularizer is not None:
+                penalty = regularizer.penalty(x).float()
+                loss = loss + cfg.reg_lambda * penalty
+        loss_value = loss.item()
+        if distributed.any_rank(world, not math.isfinite(loss_value), device):
+            bar.close()
+            distributed.stop_together(world, _not_finite(loss_value, epoch, step, len(bar), optimizer, history,
+                                                         cfg.out))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = y.numel()
+        seen += n
+        loss_sum += loss_value * n
+        correct += (logits.argmax(1) == y).sum().item()
+        if regularizer is not None:
+            reg_sum += penalty.item() * n
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")  # this process's
+    bar.close()
+    return [loss_sum, correct, seen, reg_sum]
+
+
+def _report_undecodable(train_set, before: int, log) -> None:
+    """One line when images failed to decode during the epoch (the dataset appended them to its skip log)."""
+    count = _lines(getattr(train_set, "skip_log", None)) - before
+    if count:
+        many = count > 1
+        log(f"{count} image{'s' if many else ''} could not be decoded and {'were' if many else 'was'} left out of "
+            f"{'their' if many else 'its'} batch (listed in {train_set.skip_log})")
 
 
 def _not_finite(loss: float, epoch: int, step: int, steps: int, optimizer, history: list[dict], out) -> XvizError:
