@@ -91,10 +91,12 @@ def _load(name, weights, checkpoint, specs, num_classes=None, pm=None) -> Loaded
 
 
 def resolve_spec(name: str, specs: dict[str, ModelSpec], pm=None) -> ModelSpec:
-    """The registered model ``name``, else what a plugin's ``xviz_resolve_model`` makes of it (every
-    torchvision classifier, ``timm:NAME``), else an unknown-model error with the closest names."""
+    """The registered model ``name``, a ``path/to/file.py:factory`` (:func:`factory_spec`), else what a plugin's
+    ``xviz_resolve_model`` makes of it (every torchvision classifier, ``timm:NAME``), else an unknown-model error with the closest names."""
     if name in specs or name in getattr(specs, "clashes", {}):
         return registry.lookup(specs, name, "model", "xviz models")
+    if is_factory_reference(name):
+        return factory_spec(name)
     found = (pm or registry.default_plugin_manager()).hook.xviz_resolve_model(name=name)
     if found is not None:
         return found
@@ -109,7 +111,24 @@ def is_factory_reference(name: str) -> bool:
 
 def _from_factory(reference: str, weights: str, options: dict, num_classes: int | None) -> LoadedModel:
     """Call ``factory(**options)`` from a user's file; check it makes a classifier; load ``weights``."""
+    attr = reference.rpartition(":")[2]
+    module = factory_module(reference, options, num_classes)
+    preprocessing = IMAGENET_PREPROCESSING
+    source = f"as {attr}() made it"  # DEFAULT and none: the factory decides (random, or weights it loads itself)
+    if weights.lower() not in ("none", "default"):
+        state = _unwrap_state(read_checkpoint(weights))
+        _load_state(module, state, reference, Path(weights))
+        source = weights
+    count = output_classes(module, preprocessing, reference)
+    return LoadedModel(module, reference, [str(i) for i in range(count)], preprocessing, source)
+
+
+def factory_module(reference: str, options: dict, num_classes: int | None = None, resize_head: bool = False):
+    """``factory(**options)`` from the file ``reference`` names, checked to be an ``nn.Module``. ``num_classes``
+    is passed on when the factory takes it (or ``**kwargs``); with ``resize_head`` a factory that does not
+    take it gets its classifier replaced (:func:`replace_head`)."""
     import importlib.util
+    import inspect
 
     path, _, attr = reference.rpartition(":")
     if not Path(path).is_file():
@@ -124,7 +143,13 @@ def _from_factory(reference: str, weights: str, options: dict, num_classes: int 
     if not callable(factory):
         raise XvizError(f"`{path}` has no callable `{attr}`: give path/to/file.py:FACTORY, a function or class "
                         "returning an nn.Module")
-    if num_classes is not None:
+    options = dict(options)
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes = "num_classes" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    if num_classes is not None and (takes or not resize_head):
         options.setdefault("num_classes", num_classes)
     try:
         module = factory(**options)
@@ -133,14 +158,36 @@ def _from_factory(reference: str, weights: str, options: dict, num_classes: int 
                         f"{type(exc).__name__}: {exc}") from None
     if not isinstance(module, nn.Module):
         raise XvizError(f"`{reference}` returned a {type(module).__name__}, not a torch.nn.Module")
-    preprocessing = IMAGENET_PREPROCESSING
-    source = f"as {attr}() made it"  # DEFAULT and none: the factory decides (random, or weights it loads itself)
-    if weights.lower() not in ("none", "default"):
-        state = _unwrap_state(read_checkpoint(weights))
-        _load_state(module, state, reference, Path(weights))
-        source = weights
-    count = output_classes(module, preprocessing, reference)
-    return LoadedModel(module, reference, [str(i) for i in range(count)], preprocessing, source)
+    if resize_head and num_classes is not None:
+        replace_head(module, num_classes, reference)
+    return module
+
+
+def replace_head(module: nn.Module, num_classes: int, name: str) -> nn.Module:
+    """``module`` scoring ``num_classes`` classes: its last ``nn.Linear`` giving the current class count is
+    replaced by a new one (same inputs, ``num_classes`` outputs); unchanged when the count already fits."""
+    count = output_classes(module, IMAGENET_PREPROCESSING, name)
+    if count == num_classes:
+        return module
+    found = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear) and m.out_features == count]
+    if not found:
+        raise XvizError(f"model `{name}` gives {count} outputs and xviz finds no nn.Linear layer giving them to "
+                        f"resize for {num_classes} classes: give the factory a num_classes argument")
+    head, layer = found[-1]
+    parent = module.get_submodule(head.rpartition(".")[0]) if "." in head else module
+    new = nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+    setattr(parent, head.rpartition(".")[2], new.to(layer.weight.device, layer.weight.dtype))
+    return module
+
+
+def factory_spec(reference: str) -> ModelSpec:
+    """A :class:`ModelSpec` for ``path/to/file.py:factory``: ``build(num_classes, **options)`` calls the
+    factory and sizes its head; ImageNet preprocessing; no named pretrained weights (the factory's own)."""
+    def build(num_classes: int, **options):
+        return factory_module(reference, options, num_classes, resize_head=True)
+
+    return ModelSpec(reference, build, IMAGENET_PREPROCESSING, (), summary=f"the model {reference} makes",
+                     family="file", num_classes=0)
 
 
 def output_classes(module: nn.Module, preprocessing: Preprocessing, name: str) -> int:
@@ -252,10 +299,12 @@ def load_checkpoint(path: str | Path, specs: dict[str, ModelSpec] | None = None)
         )
     if arch in getattr(specs, "clashes", {}):
         raise XvizError(specs.clash_message(arch))
-    if arch not in specs:
-        raise XvizError(f"checkpoint `{path}` is for model `{arch}`, which no installed plugin provides "
-                        "(`xviz models` lists them)")
-    loaded = _assemble(specs[arch], data, Path(path))
+    try:
+        spec = resolve_spec(arch, specs)  # registered, torchvision, timm:NAME, file.py:factory
+    except XvizError as exc:
+        raise XvizError(f"checkpoint `{path}` is for model `{arch}`, which xviz cannot build here ({exc}); "
+                        "`xviz models` lists the installed ones") from None
+    loaded = _assemble(spec, data, Path(path))
     loaded.module.eval()
     return loaded
 

@@ -143,8 +143,16 @@ class DatasetSpec:
     * ``class_names``: index = label (may be empty when only known once the data is read; the
       built dataset's ``classes`` attribute is then authoritative).
     * ``preprocessing``: the evaluation transform (resize, crop, normalisation) a model trained on
-      it expects; ``augment``: the default training augmentations (names understood by
-      :func:`xviz.train.augment.train_transform`, e.g. ``("crop", "flip")``).
+      it expects, or ``None`` for "the model's" (a folder of the user's images); ``augment``: the
+      default training augmentations (names understood by :func:`xviz.train.augment.train_transform`,
+      e.g. ``("crop", "flip")``).
+
+    What the training loop uses when a built dataset has it: ``collate_fn`` (for its DataLoaders, e.g.
+    to drop items that failed to decode, returned as ``None``); ``describe()`` (a line printed at the
+    start); ``skipped`` (``(path, reason)`` pairs left out, listed in the run folder's
+    ``skipped_images.txt``, whose path is then set as ``skip_log`` for later failures); ``split_record``
+    (a JSON-able description of the split, kept as the run folder's ``split.json`` and given back to
+    ``build`` as the ``split_record`` option, so a resumed or evaluated run sees the same images).
     """
 
     name: str

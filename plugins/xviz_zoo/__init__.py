@@ -9,7 +9,7 @@ from xviz.data.synthetic import CLASSES, SyntheticParts
 from xviz.images import Preprocessing
 from xviz.specs import DatasetSpec, ModelSpec, lazy
 
-from xviz_zoo.datasets import dataset_specs
+from xviz_zoo.datasets import IMAGENET_PREPROCESSING, dataset_specs
 from xviz_zoo.demo import PREPROCESSING
 
 CIFAR10_PREPROCESSING = Preprocessing(None, None, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -87,7 +87,13 @@ def xviz_register_datasets():
     synthetic = DatasetSpec("synthetic", _synthetic, CLASSES, PREPROCESSING,
                             "synthetic creatures whose class is one part; object and part masks (generated, no files)",
                             augment=("flip",))
-    return [synthetic, *dataset_specs()]
+    imagefolder = DatasetSpec("imagefolder", lazy("xviz_zoo.folders:build_imagefolder"), (), None,
+                              "your own images, one subfolder per class (ROOT/train + ROOT/val, or split by "
+                              "val_fraction); preprocessed as the model expects (--data ROOT)", augment=("rrc", "flip"))
+    flowers = DatasetSpec("flowers102", lazy("xviz_zoo.folders:build_flowers102"), (), IMAGENET_PREPROCESSING,
+                          "Oxford 102 Flowers: 102 species, 2,040 train (train+val) / 6,149 test, official files "
+                          "(downloads when online; --data PATH)", augment=("rrc", "rotate", "flip"))
+    return [synthetic, *dataset_specs(), imagefolder, flowers]
 
 
 @hookimpl

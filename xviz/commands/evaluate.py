@@ -93,6 +93,21 @@ def _note_version_changes(recorded: dict) -> None:
                   file=sys.stderr)
 
 
+def _data_of_run(args, model):
+    """``--checkpoint RUN --data ROOT``, RUN trained on a dataset read from a folder: that dataset, read from
+    ROOT, with the split its run folder recorded (an imagefolder run's held-out images, labelled); None
+    otherwise (ROOT is then a folder of unlabelled images)."""
+    from pathlib import Path
+
+    from xviz.datasets import run_dataset
+
+    trained_on = ((model.checkpoint or {}).get("config") or {}).get("data")
+    if not args.checkpoint or not trained_on or not Path(args.data).is_dir():
+        return None
+    found = run_dataset(model, args.data, args.split, model.preprocessing.tensor, args.pm)
+    return (found[0], f"`{found[1]}` `{args.data}` ({args.split})") if found else None
+
+
 def cmd_evaluate(args) -> int:
     from xviz.evaluation import applicable_methods, check_metrics, evaluate, load_data
     from xviz.explainer import resolve_methods
@@ -112,7 +127,7 @@ def cmd_evaluate(args) -> int:
         raise XvizError(f"unknown column `{args.rank_by}` for --rank-by: choose one of {', '.join(COLUMNS)}")
     out = writable_folder(args.out)
     model = load_model(**model_arguments(args)).to(device)
-    dataset, described = load_data(args.data, model, args.split, args.root, args.pm)
+    dataset, described = _data_of_run(args, model) or load_data(args.data, model, args.split, args.root, args.pm)
     check_metrics(metrics, dataset, described)
     if names is None and len(dataset):
         _, skipped = applicable_methods(model, dataset[0][0][None].to(device), None, args.layer, args.pm)

@@ -13,7 +13,7 @@ from xviz.errors import XvizError
 def cmd_misclassified(args) -> int:
     import torch
 
-    from xviz.datasets import load_dataset
+    from xviz.datasets import load_dataset, run_dataset
     from xviz.evaluation.mistakes import find_mistakes
     from xviz.explainer import explain_tensors, resolve_methods
     from xviz.models import load_model, torch_device
@@ -33,12 +33,19 @@ def cmd_misclassified(args) -> int:
     model = load_model(**model_arguments(args))
     model.to(torch_device(args.device)).module.eval()
     options = parse_groups(args.dataset_options or "", "--dataset-options")
-    try:
-        data, spec = load_dataset(args.dataset, args.split, root=args.data, pm=args.pm,
-                                  transform=model.preprocessing.view, **options)
-    except TypeError as exc:
-        raise XvizError(f"dataset `{args.dataset}` does not accept the options {options}: {exc}") from None
-    class_names = list(getattr(data, "classes", None) or spec.class_names)
+    found = run_dataset(model, args.data, args.split, model.preprocessing.view, args.pm) \
+        if args.dataset is None and args.checkpoint else None
+    if found is not None:  # the checkpoint's own dataset and split (the run folder's split.json)
+        data, args.dataset = found
+        class_names = list(getattr(data, "classes", None) or model.class_names)
+    else:
+        args.dataset = args.dataset or "synthetic"
+        try:
+            data, spec = load_dataset(args.dataset, args.split, root=args.data, pm=args.pm,
+                                      transform=model.preprocessing.view, **options)
+        except TypeError as exc:
+            raise XvizError(f"dataset `{args.dataset}` does not accept the options {options}: {exc}") from None
+        class_names = list(getattr(data, "classes", None) or spec.class_names)
     if len(class_names) != len(model.class_names):
         raise XvizError(f"the model has {len(model.class_names)} classes and dataset `{args.dataset}` "
                         f"{len(class_names)}: give a checkpoint trained on it")
@@ -62,10 +69,11 @@ def cmd_misclassified(args) -> int:
 def xviz_register_commands(subparsers):
     p = subparsers.add_parser("misclassified", help="grid of misclassified images titled Predicted / Actual, with CAMs")
     add_model_flags(p, default_model="xviz-demo")
-    p.add_argument("--dataset", default="synthetic", help="registered dataset (default: synthetic)")
-    p.add_argument("--data", help="the dataset's folder")
+    p.add_argument("--dataset", help="registered dataset (default: the one the --checkpoint was trained on, with "
+                   "the split its run folder recorded; else synthetic)")
+    p.add_argument("--data", help="the dataset's folder (e.g. the ROOT of an imagefolder run)")
     p.add_argument("--dataset-options", metavar="A=1,B=2", help="e.g. size=1000,seed=2 for synthetic")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="train or test (default: test, the run's held-out images)")
     p.add_argument("--limit", type=int, help="look at the first N images only")
     p.add_argument("--method", default="gradcampp", help="the map drawn on each image (default: gradcampp)")
     p.add_argument("--layer", help="target layer (default: the model's)")

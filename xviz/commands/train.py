@@ -14,6 +14,8 @@ from xviz.errors import XvizError
 TRAIN_EXAMPLES = """examples:
   xviz train --recipe cifar10-resnet18-flip --out runs/flip              (a bundled recipe; `xviz recipes`)
   xviz train --model xviz-demo --dataset synthetic --epochs 15 --out runs/demo
+  xviz train --dataset imagefolder --data my_images --model resnet18 --weights DEFAULT --out runs/mine
+             (your own images: my_images/<class>/*.jpg; `xviz misclassified --checkpoint runs/mine --data my_images`)
   xviz train --model resnet50 --weights DEFAULT --head concat --dataset cub200 --data ~/data \\
              --unfreeze head=1,all=51 --lr-mult layer4=0.1 --epochs 80 --out runs/cub
   xviz train --resume runs/cub                                          (continue exactly where it stopped)
@@ -22,24 +24,32 @@ TRAIN_EXAMPLES = """examples:
 
 
 def _train_flags(parser) -> None:
-    """One flag per TrainConfig field (defaults None: the recipe's or the config's value wins)."""
+    """One flag per TrainConfig field, in the config's groups, its help the field's own (defaults None:
+    the recipe's or the config's value wins; the help shows the config's default)."""
     import dataclasses
 
-    from xviz.train.config import TrainConfig
+    from xviz.train.config import GROUPS, TrainConfig
 
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "none" if default in (None, [], {}) else str(default).lower() if isinstance(default, bool) else ",".join(map(str, default)) if isinstance(default, list) \
+            else ",".join(f"{k}={v}" for k, v in default.items()) if isinstance(default, dict) else str(default)
+        text = f.metadata.get("help", "")
+        text = (text if "(default:" in text else f"{text} (default: {shown})").replace("%", "%%")
+        group = groups.get(f.metadata.get("group"), parser)
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, dict) or isinstance(default, list) or f.name == "augment":
-            parser.add_argument(flag, default=None, metavar="A=1,B=2" if isinstance(default, dict) else "A,B")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):  # checked by the config
-            parser.add_argument(flag, default=None, metavar=type(default).__name__.upper())
-        elif default is None and str(f.type).startswith("int"):  # e.g. image_size: int | None
-            parser.add_argument(flag, default=None, metavar="INT")
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(default, (dict, list)) or f.name == "augment":
+            group.add_argument(flag, default=None, metavar="A=1,B=2" if isinstance(default, dict) else "A,B",
+                               help=text)
+        elif isinstance(default, (int, float)) or str(f.type).startswith("int"):  # checked by the config
+            group.add_argument(flag, default=None, metavar="INT" if default is None else type(default).__name__.upper(),
+                               help=text)
         else:
-            parser.add_argument(flag, default=None)
+            choices = f.metadata.get("rule", {}).get("choices")
+            group.add_argument(flag, default=None, metavar="|".join(choices) if choices else f.name.upper(), help=text)
 
 
 def config_from_args(args):
@@ -104,7 +114,8 @@ def cmd_lr_find(args) -> int:
     train_set, _, classes, _ = build_data(cfg, args.pm)
     model, _ = build_model(cfg, len(classes), args.pm)
     model.to(device)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                                         collate_fn=getattr(train_set, "collate_fn", None))
     result = lr_find(model, loader, make_optimizer(model, cfg), start_lr=args.start_lr, end_lr=args.end_lr,
                      num_iter=args.iterations, device=device)
     out = Path(args.plot)
@@ -142,17 +153,18 @@ def xviz_register_commands(subparsers):
     subparsers.add_parser("recipes", help="list the bundled training recipes").set_defaults(func=cmd_recipes)
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test: plot loss vs learning rate, suggest one")
-    p.add_argument("--recipe")
+    p.add_argument("--recipe", help="a bundled recipe name (`xviz recipes`) or a .toml file; flags override it")
     _train_flags(p)
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--start-lr", type=float, default=1e-7, help="the first learning rate tried (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the last learning rate tried (default: 10)")
+    p.add_argument("--iterations", type=int, default=100, help="steps, the lr growing exponentially from "
+                   "--start-lr to --end-lr (default: 100; stops early when the loss diverges)")
     p.add_argument("--plot", default="lr_find.png", help="where to write the plot (default: lr_find.png)")
     p.set_defaults(func=cmd_lr_find)
 
     p = subparsers.add_parser("plot-history", help="compare runs: train/test accuracy and loss per epoch")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, history .json/.csv files or checkpoints")
     p.add_argument("--label", action="append", help="legend label per run, in order (repeat)")
-    p.add_argument("--title")
-    p.add_argument("--out", default="history.png")
+    p.add_argument("--title", help="the figure's title")
+    p.add_argument("--out", default="history.png", help="where to write the figure (default: history.png)")
     p.set_defaults(func=cmd_plot_history)

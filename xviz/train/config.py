@@ -40,11 +40,15 @@ AUGMENTATIONS = ("crop", "flip", "rotate", "jitter", "rrc", "cutout")  # built i
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 
 
-def setting(default, *, help: str = "", **rule):
+GROUPS = ("model", "data", "optimisation", "schedule", "freezing", "augmentation", "run folder", "hardware")
+
+
+def setting(default, *, help: str = "", group: str = "", **rule):
     """A :class:`TrainConfig` field with what it accepts next to it: ``low``/``high`` (inclusive bounds),
     ``above`` (exclusive lower bound), ``choices``; the type comes from the field's annotation
-    (``int``, ``float``, ``bool``, ``str``, ``list[str]``, ``dict[str, int]``, ``... | None``)."""
-    metadata = {"rule": rule, "help": help}
+    (``int``, ``float``, ``bool``, ``str``, ``list[str]``, ``dict[str, int]``, ``... | None``). ``help`` is
+    the flag's help in ``xviz train --help`` (and the setting's documentation); ``group`` one of :data:`GROUPS`."""
+    metadata = {"rule": rule, "help": help, "group": group}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -52,57 +56,94 @@ def setting(default, *, help: str = "", **rule):
 
 @dataclass
 class TrainConfig:
-    """Every knob of ``xviz train``; see ``docs/training.md`` for each one's meaning."""
+    """Every knob of ``xviz train``: each field's ``help`` (``xviz train --help``) says what it means."""
 
-    model: str = "xviz-demo"
-    weights: str = "none"  # none | DEFAULT (pretrained) | PATH: transfer the layers that fit
-    head: str | None = None  # linear | concat (torchvision backbones)
-    model_options: dict = setting({})  # architecture options, e.g. {attention = "after"}
-    transfer: str = setting("all", choices=("all", "backbone"))  # what to take from `weights`: all | backbone (all but the head)
-    transfer_exclude: list[str] = setting([])  # module names whose weights are not taken
-    dataset: str = "synthetic"
-    data: str | None = None
-    dataset_options: dict = setting({})  # e.g. {size = 512} for synthetic
-    image_size: int | None = setting(None, low=8)  # train/test at this input size instead of the dataset's own
-    epochs: int = setting(10, low=1)
-    batch_size: int = setting(64, low=1)
-    optimizer: str = setting("sgd", choices=OPTIMIZERS)
-    lr: float = setting(0.05, above=0)
-    momentum: float = setting(0.9, low=0, high=1)
-    nesterov: bool = False
-    weight_decay: float = setting(5e-4, low=0)
-    scheduler: str = setting("cosine", choices=SCHEDULERS)
-    step_size: int = setting(30, low=1)  # step: epochs between decays
-    gamma: float = setting(0.1, above=0)  # step, multistep: decay factor
-    milestones: list[int] = setting([], low=1)  # multistep: epochs where lr decays
-    halve_every: int = setting(25, low=1)  # halving: lr *= 0.5 every N epochs
-    unfreeze: dict[str, int] = setting({}, low=1)  # group -> first trainable epoch; empty: all from epoch 1
-    lr_mult: dict[str, float] = setting({}, low=0)  # group -> lr multiplier
-    train_bn: bool = True  # BatchNorm layers keep training while their block is frozen
-    sync_bn: bool = False  # several processes: BatchNorm statistics over all processes' batches together
-    augment: list[str] | None = setting(None, choices=AUGMENTATIONS)  # None: the dataset's default
-    crop_padding: int = setting(4, low=0)
-    cutout: int = setting(16, low=0)
-    rotation: float = setting(45.0, low=0, high=180)
-    jitter: float = setting(0.4, low=0)
-    rrc_scale: float = setting(0.08, above=0, high=1)
-    label_smoothing: float = setting(0.0, low=0, high=1)
-    reg: str = "none"  # a registered regulariser (`xviz train --help`; e.g. l2-sp, fea-map, afd): loss = CE + reg_lambda * R
-    reg_lambda: float = setting(0.01, low=0)
-    reg_options: dict = setting({})  # options of the regulariser, e.g. {layers = "layer4.1.conv2"}
-    seed: int = setting(0, low=0, high=SEED_MAX)
-    device: str = "auto"
-    amp: str = setting("auto", choices=("auto", "off"))  # auto (bf16/fp16 on CUDA) | off
-    channels_last: str = setting("auto", choices=("auto", "on", "off"))  # auto (on CUDA) | on | off
-    workers: int = setting(0, low=0)
-    keep: int = setting(3, low=1)  # newest checkpoints kept beside best.pt
-    out: str = "runs/xviz"
+    # --- model
+    model: str = setting("xviz-demo", group="model", help="the network: a registered model (`xviz models`), any "
+                         "torchvision classifier, timm:NAME or path/to/file.py:factory; its head is sized to the "
+                         "dataset's classes")
+    weights: str = setting("none", group="model", help="the starting point: none (random), DEFAULT (the model's "
+                           "pretrained weights) or a PATH (xviz checkpoint or state dict; the layers that fit are taken)")
+    head: str | None = setting(None, group="model", help="replace the classifier of a resnet/vgg/densenet: linear or "
+                               "concat (max+avg pooling, BatchNorm, dropout, two linear layers)")
+    model_options: dict = setting({}, group="model", help="architecture options passed to the model's builder or "
+                                  "factory, e.g. attention=after")
+    transfer: str = setting("all", choices=("all", "backbone"), group="model", help="what to take from --weights: "
+                            "all, or backbone (everything but the head)")
+    transfer_exclude: list[str] = setting([], group="model", help="module names whose weights are not taken from "
+                                          "--weights (they keep their fresh initialisation)")
+    # --- data
+    dataset: str = setting("synthetic", group="data", help="a registered dataset (`xviz datasets`), e.g. imagefolder "
+                           "for your own folder of class subfolders")
+    data: str | None = setting(None, group="data", help="the dataset's folder (default: the dataset's own place); "
+                               "for imagefolder the ROOT holding class subfolders, or train/ and val/")
+    dataset_options: dict = setting({}, group="data", help="options of the dataset, e.g. val_fraction=0.2 for "
+                                    "imagefolder, size=512 for synthetic")
+    image_size: int | None = setting(None, low=8, group="data", help="train and test at this input size (pixels) "
+                                     "instead of the preprocessing's own crop")
+    batch_size: int = setting(64, low=1, group="data", help="images per step (per process under torchrun)")
+    # --- optimisation
+    optimizer: str = setting("sgd", choices=OPTIMIZERS, group="optimisation", help="sgd, adam or adamw")
+    lr: float = setting(0.05, above=0, group="optimisation", help="the base learning rate (the head's; "
+                        "--lr-mult scales it per group); `xviz lr-find` suggests one")
+    momentum: float = setting(0.9, low=0, high=1, group="optimisation", help="SGD momentum (sgd only)")
+    nesterov: bool = setting(False, group="optimisation", help="SGD with Nesterov momentum")
+    weight_decay: float = setting(5e-4, low=0, group="optimisation", help="L2 weight decay")
+    lr_mult: dict[str, float] = setting({}, low=0, group="optimisation", help="discriminative learning rates: "
+                                        "group=multiplier of --lr, e.g. head=1,layer4=0.1,backbone=0.01")
+    label_smoothing: float = setting(0.0, low=0, high=1, group="optimisation", help="cross-entropy label smoothing")
+    reg: str = setting("none", group="optimisation", help="a registered regulariser (e.g. l2-sp, fea-map, afd): "
+                       "loss = CE + reg_lambda * R")
+    reg_lambda: float = setting(0.01, low=0, group="optimisation", help="the regulariser's weight")
+    reg_options: dict = setting({}, group="optimisation", help="the regulariser's options, e.g. "
+                                "layers=layer4.1.conv2")
+    # --- schedule
+    epochs: int = setting(10, low=1, group="schedule", help="how many epochs to train")
+    scheduler: str = setting("cosine", choices=SCHEDULERS, group="schedule", help="the learning-rate schedule: "
+                             + ", ".join(SCHEDULERS))
+    step_size: int = setting(30, low=1, group="schedule", help="step: epochs between decays")
+    gamma: float = setting(0.1, above=0, group="schedule", help="step, multistep: the decay factor")
+    milestones: list[int] = setting([], low=1, group="schedule", help="multistep: the epochs where the lr decays")
+    halve_every: int = setting(25, low=1, group="schedule", help="halving: lr *= 0.5 every N epochs")
+    # --- freezing
+    unfreeze: dict[str, int] = setting({}, low=1, group="freezing", help="group=first epoch it trains (frozen "
+                                       "before), e.g. head=1,layer4=3,all=5; empty: everything from epoch 1")
+    train_bn: bool = setting(True, group="freezing", help="BatchNorm layers keep training while their block is frozen")
+    # --- augmentation
+    augment: list[str] | None = setting(None, choices=AUGMENTATIONS, group="augmentation", help="training "
+                                        "augmentations, from " + ", ".join(AUGMENTATIONS) + " (default: the "
+                                        "dataset's); none for none")
+    crop_padding: int = setting(4, low=0, group="augmentation", help="crop: zero padding before the random crop")
+    cutout: int = setting(16, low=0, group="augmentation", help="cutout: the side of the zeroed square (pixels)")
+    rotation: float = setting(45.0, low=0, high=180, group="augmentation", help="rotate: the largest angle (degrees)")
+    jitter: float = setting(0.4, low=0, group="augmentation", help="jitter: brightness, contrast and saturation "
+                            "strength (hue: a quarter of it)")
+    rrc_scale: float = setting(0.08, above=0, high=1, group="augmentation", help="rrc: the smallest area kept by "
+                               "the random resized crop (a fraction)")
+    # --- run folder
+    out: str = setting("runs/xviz", group="run folder", help="the run folder: checkpoints, best.pt, last.pt, "
+                       "history, the split of an imagefolder dataset")
+    keep: int = setting(3, low=1, group="run folder", help="how many newest epoch checkpoints are kept beside best.pt")
+    seed: int = setting(0, low=0, high=SEED_MAX, group="run folder", help="the seed of every random draw "
+                        "(initialisation, order, augmentation)")
+    # --- hardware
+    device: str = setting("auto", group="hardware", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    amp: str = setting("auto", choices=("auto", "off"), group="hardware", help="mixed precision: auto (bf16/fp16 "
+                       "on CUDA) or off")
+    channels_last: str = setting("auto", choices=("auto", "on", "off"), group="hardware", help="channels-last "
+                                 "memory format: auto (on CUDA), on or off")
+    workers: int = setting(0, low=0, group="hardware", help="DataLoader worker processes decoding images")
+    sync_bn: bool = setting(False, group="hardware", help="several processes: BatchNorm statistics over all "
+                            "processes' batches together")
 
     def validate(self) -> "TrainConfig":
         """Check every setting against its rule (type, range, choices); values are normalised in place
         (``lr = 1`` -> ``1.0``, ``augment = "flip"`` -> ``["flip"]``). Raises a one-line XvizError."""
         for name, rule in RULES.items():
             setattr(self, name, rule.check(name, getattr(self, name)))
+        path, sep, factory = self.model.rpartition(":")
+        if sep and path.endswith(".py") and factory.isidentifier():  # a model file: found from any folder later
+            self.model = f"{Path(path).expanduser().resolve()}:{factory}"
         return self
 
     def to_dict(self) -> dict:

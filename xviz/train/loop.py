@@ -26,10 +26,11 @@ from tqdm import tqdm
 from xviz import registry
 from xviz.checkpoint import read_checkpoint
 from xviz.errors import XvizError
-from xviz.models import is_weights_file, pretrained, torch_device, transfer_state
+from xviz.models import is_weights_file, pretrained, resolve_spec, torch_device, transfer_state
 from xviz.train import distributed
 from xviz.train.augment import resized, train_transform
-from xviz.train.run_folder import RunFolder, rng_state, set_rng_state, unlocks_run_folders
+from xviz.train.run_folder import (SKIPPED_FILE, SPLIT_FILE, RunFolder, read_split_record, rng_state, set_rng_state,
+                                   unlocks_run_folders)
 from xviz.train.config import TrainConfig
 from xviz.train.schedules import FreezeSchedule, head_name, make_optimizer, make_scheduler
 
@@ -42,6 +43,8 @@ def run_test_epoch(model: nn.Module, loader: DataLoader, device, autocast=contex
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in loader:
+        if y.numel() == 0:  # every image of the batch failed to decode
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -63,16 +66,29 @@ class TrainResult:
     main: bool = True  # the process that reports (rank 0 of several; the only one otherwise)
 
 
-def build_data(cfg: TrainConfig, pm):
-    """Train and test datasets with their transforms; returns (train, test, class names, preprocessing)."""
+def model_preprocessing(cfg: TrainConfig, pm):
+    """The preprocessing ``cfg.model``'s weights expect (ImageNet statistics for torchvision and timm)."""
+    return resolve_spec(cfg.model, registry.models(pm), pm).preprocessing
+
+
+def build_data(cfg: TrainConfig, pm, run_root: Path | None = None):
+    """Train and test datasets with their transforms; returns (train, test, class names, preprocessing).
+
+    A dataset without preprocessing of its own (``imagefolder``) is preprocessed as the model expects. A
+    split the run folder ``run_root`` recorded (``split.json``) goes back to the dataset as its
+    ``split_record`` option, so a resumed run and ``xviz evaluate`` see the same test images."""
     specs = registry.datasets(pm)
     spec = registry.lookup(specs, cfg.dataset, "dataset", "xviz datasets")
-    pre = resized(spec.preprocessing, cfg.image_size)
+    pre = resized(spec.preprocessing or model_preprocessing(cfg, pm), cfg.image_size)
     augment = spec.augment if cfg.augment is None else cfg.augment
     train_tf = train_transform(augment, pre, cfg)
+    options = dict(cfg.dataset_options)
+    record = read_split_record(run_root)
+    if record is not None:
+        options["split_record"] = record
     try:
-        train_set = spec.build("train", root=cfg.data, transform=train_tf, **cfg.dataset_options)
-        test_set = spec.build("test", root=cfg.data, transform=pre.tensor, **cfg.dataset_options)
+        train_set = spec.build("train", root=cfg.data, transform=train_tf, **options)
+        test_set = spec.build("test", root=cfg.data, transform=pre.tensor, **options)
     except (TypeError, ValueError) as exc:
         raise XvizError(f"dataset `{cfg.dataset}` does not accept the options {cfg.dataset_options}: {exc}") from None
     for split, data in (("train", train_set), ("test", test_set)):
@@ -84,15 +100,55 @@ def build_data(cfg: TrainConfig, pm):
     return train_set, test_set, classes, pre
 
 
+def record_data(run_root: Path, train_set, test_set, log=print) -> None:
+    """Describe the datasets (classes, counts, imbalance), keep the split in ``split.json`` and list the
+    images left out in ``skipped_images.txt`` (with one summary line); images that fail to decode later
+    are appended to that list by the dataset."""
+    import json
+
+    from xviz.render import atomic_write
+
+    for data in (train_set, test_set):
+        if hasattr(data, "describe"):
+            log(data.describe())
+    record = getattr(train_set, "split_record", None)
+    if record is not None and not (run_root / SPLIT_FILE).exists():
+        text = json.dumps(record, indent=1)
+        atomic_write(run_root / SPLIT_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    if not hasattr(train_set, "skipped"):
+        return
+    skipped = [*train_set.skipped, *getattr(test_set, "skipped", [])]
+    listing = "".join(f"{path}\t{why}\n" for path, why in skipped)
+    atomic_write(run_root / SKIPPED_FILE, lambda tmp: Path(tmp).write_text(listing, encoding="utf-8"))
+    if skipped:
+        total = len(train_set) + len(test_set) + len(skipped)
+        log(f"skipped {len(skipped)} of {total} image files that cannot be read (damaged or not images; listed in "
+            f"{run_root / SKIPPED_FILE})")
+    for data in (train_set, test_set):
+        data.skip_log = str(run_root / SKIPPED_FILE)
+
+
+def _lines(path: str | None) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+    except (OSError, TypeError):
+        return 0
+
+
 def build_model(cfg: TrainConfig, num_classes: int, pm, log=print) -> tuple[nn.Module, dict]:
-    """The architecture with ``num_classes`` outputs, and the layers of ``cfg.weights`` that fit it."""
-    spec = registry.lookup(registry.models(pm), cfg.model, "model", "xviz models")
+    """The architecture with ``num_classes`` outputs (any model source: registered, torchvision, ``timm:NAME``,
+    ``file.py:factory``; the head sized for the data), and the layers of ``cfg.weights`` that fit it."""
+    spec = resolve_spec(cfg.model, registry.models(pm), pm)
     options = cfg.arch_options()
     module = spec.build(num_classes, **options)
     if cfg.weights.lower() == "none":
         return module, options
     if is_weights_file(cfg.weights):
         state, source = read_checkpoint(cfg.weights)["state_dict"], cfg.weights
+    elif spec.family == "file" and cfg.weights.upper() == "DEFAULT":
+        log(f"weights: as `{cfg.model}` made them (the head sized for {num_classes} classes)")
+        return module, options
     else:
         loaded = pretrained(spec, cfg.weights)
         state, source = loaded.module.state_dict(), loaded.source
@@ -175,7 +231,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
                                        main=world.main)
         if finished is None:
             _seed_everything(cfg.seed)
-            train_set, test_set, classes, pre = build_data(cfg, pm)
+            train_set, test_set, classes, pre = build_data(cfg, pm, run.root)
+            if world.main:
+                record_data(run.root, train_set, test_set, log if state is None else (lambda *a: None))
             module, arch_options = build_model(cfg, len(classes), pm, log if state is None else (lambda *a: None))
             sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=cfg.seed)
             lonely = lonely_last_batch(module, cfg, world, len(sampler))
@@ -213,7 +271,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     generator = torch.Generator()
-    loader_args = dict(num_workers=cfg.workers, pin_memory=use_cuda, persistent_workers=cfg.workers > 0)
+    loader_args = dict(num_workers=cfg.workers, pin_memory=use_cuda, persistent_workers=cfg.workers > 0,
+                       collate_fn=getattr(train_set, "collate_fn", None))
     # One process with batch B*N sees the same batches as N processes with batch B (the union of theirs).
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, generator=generator,
                               drop_last=bool(lonely), **loader_args)
@@ -252,38 +311,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         freeze.set_bn_modes()
         generator.manual_seed(cfg.seed * 100_003 + epoch)  # workers' seeds do not depend on resuming
         sampler.set_epoch(epoch)  # nor does the epoch's order
-        began, seen, correct, loss_sum, reg_sum = time.time(), 0, 0, 0.0, 0.0
+        began = time.time()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not world.main)
-        for step, (x, y) in enumerate(bar, 1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if regularizer is not None:
-                    penalty = regularizer.penalty(x).float()
-                    loss = loss + cfg.reg_lambda * penalty
-            loss_value = loss.item()
-            if distributed.any_rank(world, not math.isfinite(loss_value), device):
-                bar.close()
-                distributed.stop_together(world, _not_finite(loss_value, epoch, step, len(train_loader),
-                                                             optimizer, history, cfg.out))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n = y.numel()
-            seen += n
-            loss_sum += loss_value * n
-            correct += (logits.argmax(1) == y).sum().item()
-            if regularizer is not None:
-                reg_sum += penalty.item() * n
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")  # this process's
-        bar.close()
-        loss_sum, correct, seen, reg_sum = distributed.all_sum(world, [loss_sum, correct, seen, reg_sum], device)
+        undecodable = _lines(getattr(train_set, "skip_log", None))
+        sums = _train_steps(model, bar, optimizer, scheduler, scaler, regularizer, cfg, epoch, history,
+                            dict(device=device, autocast=autocast, channels_last=channels_last, world=world))
+        _report_undecodable(train_set, undecodable, log)
+        loss_sum, correct, seen, reg_sum = distributed.all_sum(world, sums, device)
+        seen = max(seen, 1)
         if not synced_bn:
             distributed.broadcast_buffers(world, module)  # every rank tests the model rank 0 saves
         test_loss, test_acc = run_test_epoch(module, test_loader, device, autocast, channels_last, world)
@@ -308,6 +344,55 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pm
         regularizer.close()
     distributed.teardown(world)
     return TrainResult(Path(cfg.out), history, best_acc, main=world.main)
+
+
+def _train_steps(model, bar, optimizer, scheduler, scaler, regularizer, cfg: TrainConfig, epoch: int,
+                 history: list[dict], where: dict) -> list[float]:
+    """The steps of one epoch over ``bar`` (the tqdm-wrapped loader); ``where`` holds ``device``,
+    ``autocast``, ``channels_last`` and ``world``. Returns this process's sums: loss, correct, seen,
+    regulariser. A batch left empty by images that failed to decode is passed over."""
+    device, autocast, world = where["device"], where["autocast"], where["world"]
+    seen, correct, loss_sum, reg_sum = 0, 0, 0.0, 0.0
+    for step, (x, y) in enumerate(bar, 1):
+        if y.numel() == 0:  # every image of the batch failed to decode
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if where["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if regularizer is not None:
+                penalty = regularizer.penalty(x).float()
+                loss = loss + cfg.reg_lambda * penalty
+        loss_value = loss.item()
+        if distributed.any_rank(world, not math.isfinite(loss_value), device):
+            bar.close()
+            distributed.stop_together(world, _not_finite(loss_value, epoch, step, len(bar), optimizer, history,
+                                                         cfg.out))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = y.numel()
+        seen += n
+        loss_sum += loss_value * n
+        correct += (logits.argmax(1) == y).sum().item()
+        if regularizer is not None:
+            reg_sum += penalty.item() * n
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")  # this process's
+    bar.close()
+    return [loss_sum, correct, seen, reg_sum]
+
+
+def _report_undecodable(train_set, before: int, log) -> None:
+    """One line when images failed to decode during the epoch (the dataset appended them to its skip log)."""
+    count = _lines(getattr(train_set, "skip_log", None)) - before
+    if count:
+        many = count > 1
+        log(f"{count} image{'s' if many else ''} could not be decoded and {'were' if many else 'was'} left out of "
+            f"{'their' if many else 'its'} batch (listed in {train_set.skip_log})")
 
 
 def _not_finite(loss: float, epoch: int, step: int, steps: int, optimizer, history: list[dict], out) -> XvizError:

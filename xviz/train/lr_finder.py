@@ -162,6 +162,8 @@ def _cycle(loader):
         empty = True
         for batch in loader:
             empty = False
+            if getattr(batch[1], "numel", lambda: 1)() == 0:  # every image of the batch failed to decode
+                continue
             yield batch
         if empty:
             raise XvizError("the learning-rate finder got an empty data loader: it yields no batches")

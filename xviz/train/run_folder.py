@@ -47,7 +47,8 @@ except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
-RESULTS = ("best.pt", "last.pt", "history.json", "history.csv")
+SPLIT_FILE, SKIPPED_FILE = "split.json", "skipped_images.txt"  # the dataset's split; the images left out
+RESULTS = ("best.pt", "last.pt", "history.json", "history.csv", SPLIT_FILE, SKIPPED_FILE)
 MANIFEST = "manifest.json"
 LOCK = "lock"
 MANIFEST_FORMAT = "xviz-run/1"
@@ -56,6 +57,24 @@ TEMPORARY = re.compile(r"^\.(best\.pt|last\.pt|history\.json|history\.csv|manife
 FAULT = None  # a test hook: FAULT(step, path) runs at each step of every write ("partial", "written",
 #               "replaced") and removal ("removed"); a test kills the process there
 _LOCKED: list["RunFolder"] = []  # folders this process holds, newest last
+
+
+def run_folder_of(path) -> Path | None:
+    """The run folder a checkpoint belongs to (``RUN``, ``RUN/best.pt``, ``RUN/checkpoints/epoch_N.pt``), or None."""
+    path = Path(path)
+    return next((p for p in (path, path.parent, path.parent.parent) if (p / MANIFEST).is_file()
+                 or (p / SPLIT_FILE).is_file()), None)
+
+
+def read_split_record(run_root) -> dict | None:
+    """The dataset split the run folder ``run_root`` recorded (``split.json``), or None."""
+    if run_root is None or not (Path(run_root) / SPLIT_FILE).is_file():
+        return None
+    try:
+        return json.loads((Path(run_root) / SPLIT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise XvizError(f"`{Path(run_root) / SPLIT_FILE}` cannot be read ({exc}): the run's split is lost; "
+                        "train a new run") from None
 
 
 def rng_state() -> dict:
