@@ -1,0 +1,114 @@
+"""The gallery's figures of the fine-tuning guide and the ResNet-18 document: the augmentation preview,
+the learning-rate overshoot, flip against cutout, and GradCAM against GradCAM++ on a VGG-16.
+Imported by :mod:`xviz.gallery.figures`, which adds them to ``FIGURES``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xviz.gallery.figures import DEMO_MODEL, Figure, Setting, Step, _pick_images
+
+_REAL = "With `--data ROOT`: `xviz gallery --data ROOT --figure {slug}` runs the commands on the real dataset."
+
+
+def _one_image(s: Setting) -> list[str]:
+    return _pick_images(s.data, 1) if s.data else s.sample("winged")
+
+
+def _augment_steps(s: Setting) -> list[Step]:
+    return [Step(["augment-preview", *_one_image(s), "--recipe", "cub-unfrozen", "--image-size", "128",
+                  "--rotation", "30", "--samples", "5", "--out", f"{s.page}/augment_preview.png"])]
+
+
+_SWEEP = ["--model", DEMO_MODEL, "--weights", "none", "--dataset", "synthetic", "--dataset-options", "size=1600,seed=1",
+          "--batch-size", "32", "--augment", "", "--lrs", "0.0005,0.05,2", "--steps", "80"]
+
+
+def _overshoot_steps(s: Setting) -> list[Step]:
+    args = ["--recipe", "cub-unfrozen", "--data", s.data, "--lrs", "0.0001,0.01,1", "--steps", "100"] if s.data \
+        else _SWEEP
+    return [Step(["lr-sweep", *args, "--labels", "too small,good,too large", "--out", f"{s.page}/lr_sweep.png"])]
+
+
+# the ResNet-18 document's two CIFAR-10 runs, short, on 32-px synthetic images
+_RESNET = ["--model", "cifar_resnet18", "--dataset", "synthetic", "--dataset-options", "size=600,seed=1",
+           "--image-size", "32", "--epochs", "6", "--batch-size", "64", "--lr", "0.05", "--scheduler", "step",
+           "--step-size", "4"]
+
+
+def _flip_cutout_runs(s: Setting) -> list[Step]:
+    if s.data:
+        return [Step(["train", "--recipe", f"cifar10-resnet18-{k}", "--data", s.data, "--out", f"{s.runs}/resnet18-{k}"],
+                     f"{s.runs}/resnet18-{k}") for k in ("flip", "cutout")]
+    return [Step(["train", *_RESNET, "--augment", aug, "--out", f"{s.runs}/resnet18-{k}-synthetic"],
+                 f"{s.runs}/resnet18-{k}-synthetic") for k, aug in (("flip", "crop,flip"), ("cutout", "crop,flip,cutout"))]
+
+
+def _flip_cutout_steps(s: Setting) -> list[Step]:
+    runs = _flip_cutout_runs(s)
+    what = "CIFAR-10" if s.data else "the synthetic part dataset (32 px, 6 epochs)"
+    return [*runs, Step(["plot-history", *(r.run for r in runs), "--label", "flip (crop + flip)", "--label",
+                         "cutout (crop + flip + cutout)", "--panels", "test_acc,test_loss,train_acc,train_loss",
+                         "--title", f"ResNet-18 on {what}: flip against cutout", "--out", f"{s.page}/flip_cutout.png"])]
+
+
+def _vgg_steps(s: Setting) -> list[Step]:
+    weights = "DEFAULT" if s.data else "none"
+    return [Step(["explain", "--model", "vgg16", "--weights", weights, "--layer", "features.29", "--method",
+                  "gradcam,gradcampp", "--panel", "--out", s.page, *_one_image(s)])]
+
+
+def _vgg_images(s: Setting) -> list[str]:
+    stem = Path(_one_image(s)[0]).stem
+    return [f"{stem}_gradcam_panel.png", f"{stem}_gradcampp_panel.png"]
+
+
+FIGURES: list[Figure] = [
+    Figure(
+        "augment-preview", "Augmentation preview",
+        "One image and five random versions of it under each built-in augmentation alone, then under the whole "
+        "training pipeline of the `cub-unfrozen` recipe (random resized crop and flip): what the network is fed, "
+        "before normalisation.",
+        _augment_steps, lambda s: ["augment_preview.png"], commands=("augment-preview",),
+        source="Fine-tuning guide: the augmentation preview (an image and its augmented versions)",
+        reproduction="Offline: the synthetic `winged` sample (64 px, drawn at 128 px). Matches: one image, its "
+                     "versions per transform and for a recipe's pipeline. Differs: a synthetic creature, not a "
+                     "photograph. " + _REAL.format(slug="augment-preview"),
+    ),
+    Figure(
+        "lr-overshoot", "Learning rate too small, good, too large",
+        "The same short training run (same start, same batches) at three constant learning rates, loss against "
+        "step: too small and the loss barely moves; good and it falls; too large and it jumps about or diverges. "
+        "Drawn by `xviz lr-sweep` from real runs.",
+        _overshoot_steps, lambda s: ["lr_sweep.png"], commands=("lr-sweep",),
+        source="Fine-tuning guide: the learning-rate overshoot illustration (loss against step for three rates)",
+        reproduction="Offline: the demo CNN from random weights on the synthetic part dataset, 80 steps per rate. "
+                     "Matches: real runs, one curve per rate, the three behaviours. Differs: the document's "
+                     "picture is a sketch of a loss surface; here the rates are real runs on small synthetic "
+                     "images. " + _REAL.format(slug="lr-overshoot"),
+    ),
+    Figure(
+        "flip-cutout", "ResNet-18: flip against cutout",
+        "Test accuracy, test loss, train accuracy and train loss per epoch of the ResNet-18 document's two "
+        "CIFAR-10 runs: random crop and flip, and the same plus a 16×16 cutout hole.",
+        _flip_cutout_steps, lambda s: ["flip_cutout.png"], commands=("plot-history",),
+        source="ResNet-18 on CIFAR-10 document: the curves of the flip run and the cutout run",
+        reproduction="Offline: the CIFAR ResNet-18 on 32-px synthetic images (600 per split, 6 epochs), not "
+                     "CIFAR-10 (50 000 images, 150 epochs: 91.75 % and 88.96 % reported). Matches: the two "
+                     "recipes' augmentations, the four panels, one line per run. Differs: the data and the "
+                     "length, so the gap between the runs is not the document's. "
+                     + _REAL.format(slug="flip-cutout"),
+    ),
+    Figure(
+        "vgg16-gradcam-gradcampp", "GradCAM and GradCAM++ on a VGG-16",
+        "GradCAM and GradCAM++ of a VGG-16 at its last convolutional block (`features.29`), each as image, "
+        "heatmap and overlay, for the top class.",
+        _vgg_steps, _vgg_images, methods=("gradcam", "gradcampp"),
+        source="ResNet-18 document: the water-bird figure (GradCAM++ of an ImageNet VGG-16 at features[29])",
+        reproduction="Offline the ImageNet weights cannot be downloaded: this VGG-16 has RANDOM weights, so the "
+                     "maps show the methods' mechanics (same layer, side by side), not what a trained network "
+                     "looks at; the image is the synthetic `winged` creature, not the water bird. Matches: the "
+                     "model, the layer, the two methods. " + _REAL.format(slug="vgg16-gradcam-gradcampp")
+                     + " (`--weights DEFAULT` then loads the ImageNet weights when they can be downloaded.)",
+    ),
+]
