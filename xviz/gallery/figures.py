@@ -3,74 +3,13 @@ draw it. Add an entry to :data:`FIGURES` and it gets its page."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from xviz.errors import XvizError
-
-DEFAULT_SAMPLES = "plugins/xviz_zoo/assets/samples"
-DEFAULT_RUNS = "runs/gallery"
-DEMO_MODEL = "xviz-demo"
-PANEL_SAMPLE = "winged"  # the method pages' panel: the synthetic "bird"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """Where a figure's commands read and write: ``runs`` (run folders), ``page`` (the page's image
-    folder), ``samples`` (the bundled sample images), ``data`` (a real dataset root, or ``None``
-    for the synthetic dataset)."""
-
-    runs: str
-    page: str
-    samples: str
-    data: str | None = None
-
-    def sample(self, *names: str) -> list[str]:
-        return [f"{self.samples}/{n}.png" for n in names]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One ``xviz`` command line (without the leading ``xviz``). ``run``: the run folder a
-    ``train`` step writes; it is resumed rather than retrained when it already holds a checkpoint."""
-
-    argv: list[str]
-    run: str | None = None
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A documented figure: its page's ``title`` and ``description`` (Markdown), the ``steps``
-    that draw it for a :class:`Setting`, the ``images`` (file names in the page's folder) shown in
-    this order, and what must be registered for it: ``methods`` (also linked from their method
-    pages) and ``commands``. ``note`` follows the pictures (Markdown; may use ``{runs}``).
-    ``source``: the document figure it reproduces (e.g. "Learn to Pay Attention, Figure 2");
-    ``reproduction``: the honest status shown at the top of the page and in the index: on what
-    data, what matches the document and what does not."""
-
-    slug: str
-    title: str
-    description: str
-    steps: Callable[[Setting], list[Step]]
-    images: Callable[[Setting], list[str]]
-    methods: tuple[str, ...] = ()
-    commands: tuple[str, ...] = ()
-    note: str = ""
-    source: str = ""
-    reproduction: str = ""
-
-
-def _pick_images(data: str, count: int, pattern: str = "CUB_200_2011/images") -> list[str]:
-    """``count`` images spread over a real dataset's image folder (sorted, evenly spaced)."""
-    root = Path(data).expanduser()
-    found = sorted(p for p in root.rglob("*.jpg") if pattern in p.as_posix())
-    if not found:
-        raise XvizError(f"no images under `{root}` match `{pattern}/**/*.jpg`: point --data at the folder "
-                        "holding CUB_200_2011 (see docs/datasets.md)")
-    step = max(1, len(found) // count)
-    return [str(p) for p in found[::step][:count]]
-
+from xviz.gallery.figure_types import (DEFAULT_RUNS, DEFAULT_SAMPLES, DEMO_MODEL, PANEL_SAMPLE,  # noqa: F401
+                                       Figure, Setting, Step)
+from xviz.gallery.figure_types import pick_images as _pick_images
+from xviz.gallery import finetune_figures, ltpa_figures
+from xviz.gallery.ltpa_figures import attention_run as _attention_run
 
 # the four attempts of the source documents' CUB experiments on a transfer proxy: the demo model's
 # weights (learnt on 64-px synthetic images) moved to a target task of 32-px images (seed 1: images it
@@ -125,16 +64,6 @@ def _lr_steps(s: Setting) -> list[Step]:
         args = ["--model", DEMO_MODEL, "--weights", _DEMO_WEIGHTS, "--transfer", "backbone", "--dataset", "synthetic",
                 "--dataset-options", "size=1600,seed=1", "--batch-size", "32", "--start-lr", "1e-5"]
     return [Step(["lr-find", *args, "--plot", f"{s.page}/lr_find.png", "--schedule-plot", f"{s.page}/lr_schedule.png"])]
-
-
-def _attention_run(s: Setting) -> list[Step]:
-    if s.data:
-        before = f"{s.runs}/attn-before-cifar100"
-        return [Step(["train", "--recipe", "attn-vgg-before-cifar100", "--data", s.data, "--out", before], before),
-                Step(["train", "--recipe", "attn-vgg-cub-freeze-then-unfreeze", "--weights", f"{before}/best.pt",
-                      "--data", s.data, "--out", f"{s.runs}/attn-cub"], f"{s.runs}/attn-cub")]
-    return [Step(["train", "--recipe", "attn-vgg-synthetic", "--out", f"{s.runs}/attn-synthetic"],
-                 f"{s.runs}/attn-synthetic")]
 
 
 def _attention_images_in(s: Setting) -> list[str]:
@@ -253,7 +182,4 @@ FIGURES: list[Figure] = [
         commands=("afs-update", "afs-report"),
     ),
 ]
-
-from xviz.gallery import finetune_figures, ltpa_figures  # noqa: E402  (they build on the helpers above)
-
 FIGURES += [*ltpa_figures.FIGURES, *finetune_figures.FIGURES]

@@ -1,18 +1,18 @@
 """The gallery's figures of the fine-tuning guide and the ResNet-18 document: the augmentation preview,
 the learning-rate overshoot, flip against cutout, and GradCAM against GradCAM++ on a VGG-16.
-Imported by :mod:`xviz.gallery.figures`, which adds them to ``FIGURES``."""
+Gathered into ``FIGURES`` by :mod:`xviz.gallery.figures`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from xviz.gallery.figures import DEMO_MODEL, Figure, Setting, Step, _pick_images
+from xviz.gallery.figure_types import DEMO_MODEL, Figure, Setting, Step, pick_images
 
 _REAL = "With `--data ROOT`: `xviz gallery --data ROOT --figure {slug}` runs the commands on the real dataset."
 
 
 def _one_image(s: Setting) -> list[str]:
-    return _pick_images(s.data, 1) if s.data else s.sample("winged")
+    return pick_images(s.data, 1) if s.data else s.sample("winged")
 
 
 def _augment_steps(s: Setting) -> list[Step]:
@@ -20,8 +20,10 @@ def _augment_steps(s: Setting) -> list[Step]:
                   "--rotation", "30", "--samples", "5", "--out", f"{s.page}/augment_preview.png"])]
 
 
-_SWEEP = ["--model", DEMO_MODEL, "--weights", "none", "--dataset", "synthetic", "--dataset-options", "size=1600,seed=1",
-          "--batch-size", "32", "--augment", "", "--lrs", "0.0005,0.05,2", "--steps", "80"]
+# a new head on the demo model's convolutions, as the lr-finder figure, every layer training
+_SWEEP = ["--model", DEMO_MODEL, "--weights", "plugins/xviz_zoo/assets/xviz-demo.pt", "--transfer", "backbone",
+          "--dataset", "synthetic", "--dataset-options", "size=1600,seed=1", "--batch-size", "32", "--augment", "",
+          "--lrs", "0.0001,0.02,5", "--steps", "40"]
 
 
 def _overshoot_steps(s: Setting) -> list[Step]:
@@ -82,7 +84,7 @@ FIGURES: list[Figure] = [
         "Drawn by `xviz lr-sweep` from real runs.",
         _overshoot_steps, lambda s: ["lr_sweep.png"], commands=("lr-sweep",),
         source="Fine-tuning guide: the learning-rate overshoot illustration (loss against step for three rates)",
-        reproduction="Offline: the demo CNN from random weights on the synthetic part dataset, 80 steps per rate. "
+        reproduction="Offline: a new head on the demo CNN's convolutions (as on the LR-finder page), synthetic images it never saw, 40 steps per rate. "
                      "Matches: real runs, one curve per rate, the three behaviours. Differs: the document's "
                      "picture is a sketch of a loss surface; here the rates are real runs on small synthetic "
                      "images. " + _REAL.format(slug="lr-overshoot"),

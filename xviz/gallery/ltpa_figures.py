@@ -1,10 +1,21 @@
 """The gallery's figures of the Learn-to-Pay-Attention documents: the architecture, the training
 curves of the attention network and the images it gets wrong with what each attention layer looked at.
-Imported by :mod:`xviz.gallery.figures`, which adds them to ``FIGURES``."""
+Gathered into ``FIGURES`` by :mod:`xviz.gallery.figures`."""
 
 from __future__ import annotations
 
-from xviz.gallery.figures import Figure, Setting, Step, _attention_run
+from xviz.gallery.figure_types import Figure, Setting, Step
+
+
+def attention_run(s: Setting) -> list[Step]:
+    """The attention network's training runs: the synthetic recipe, or CIFAR-100 then CUB with ``--data``."""
+    if s.data:
+        before = f"{s.runs}/attn-before-cifar100"
+        return [Step(["train", "--recipe", "attn-vgg-before-cifar100", "--data", s.data, "--out", before], before),
+                Step(["train", "--recipe", "attn-vgg-cub-freeze-then-unfreeze", "--weights", f"{before}/best.pt",
+                      "--data", s.data, "--out", f"{s.runs}/attn-cub"], f"{s.runs}/attn-cub")]
+    return [Step(["train", "--recipe", "attn-vgg-synthetic", "--out", f"{s.runs}/attn-synthetic"],
+                 f"{s.runs}/attn-synthetic")]
 
 
 def _architecture_steps(s: Setting) -> list[Step]:
@@ -14,7 +25,7 @@ def _architecture_steps(s: Setting) -> list[Step]:
 
 
 def _curves_steps(s: Setting) -> list[Step]:
-    runs = _attention_run(s)
+    runs = attention_run(s)
     first = runs[0].run
     title = "attn_vgg on CIFAR-100" if s.data else "attn_vgg (width 1/8, 64 px) on the synthetic part dataset"
     return [*runs[:1], Step(["plot-history", first, "--label", "attn_vgg (attention before pooling)", "--panels",
@@ -22,7 +33,7 @@ def _curves_steps(s: Setting) -> list[Step]:
 
 
 def _hard_steps(s: Setting) -> list[Step]:
-    runs = _attention_run(s)
+    runs = attention_run(s)
     data = ["--dataset", "cub200", "--data", s.data] if s.data else \
         ["--dataset", "synthetic", "--dataset-options", "size=600,seed=2"]
     return [*runs, Step(["misclassified", "--checkpoint", runs[-1].run, *data, "--method", "attention",
