@@ -133,7 +133,9 @@ FIGURES: list[Figure] = [
                      "legend; the attempts (from scratch, frozen, unfrozen, frozen for 3 epochs then unfrozen); "
                      "the frozen features plateau and the frozen-then-unfrozen attempt improves after "
                      "unfreezing. Differs: 8 epochs instead of about 100, 6 classes instead of 200, a small CNN "
-                     "instead of ResNet-50 / the attention VGG. With `--data ROOT` the three CUB recipes run.",
+                     "instead of ResNet-50 / the attention VGG; here training every layer from the start ends "
+                     "highest, where the document's best attempt was freeze-then-unfreeze. With `--data ROOT` "
+                     "the three CUB recipes run.",
     ),
     Figure(
         "gradcampp-bird", "GradCAM++ on a bird",
