@@ -100,8 +100,8 @@ def lr_sweep(cfg, lrs, steps: int, pm=None, device="cpu", progress: bool = True)
 
 def plot_lr_sweep(runs: list[SweepRun], path, labels=None, title: str | None = None):
     """Training loss against step, one colour per rate: the per-step loss faint, its smoothed curve
-    (:func:`smoothed`) bold; a diverged run ends in a cross. The y axis stops at twice the highest
-    first-step loss so that a blow-up does not flatten the others."""
+    (:func:`smoothed`) bold; a diverged run ends in a cross. The y axis shows 90 % of every smoothed
+    curve (at most ten times the first loss), so a blow-up does not flatten the others."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -112,7 +112,9 @@ def plot_lr_sweep(runs: list[SweepRun], path, labels=None, title: str | None = N
     ax = fig.add_subplot(1, 1, 1)
     palette = colormaps["tab10"].colors
     firsts = [r.losses[0] for r in runs if r.losses and math.isfinite(r.losses[0])]
-    top = 2.0 * max(firsts) if firsts else 1.0
+    curves = [smoothed([v for v in r.losses if math.isfinite(v)]) for r in runs]
+    highest = max((float(np.percentile(c, 90)) for c in curves if len(c)), default=1.0)
+    top = min(1.1 * highest, 10.0 * max(firsts)) if firsts else 1.1 * highest
     for i, run in enumerate(runs):
         color = palette[i % len(palette)]
         values = np.asarray(run.losses, dtype=np.float64)
