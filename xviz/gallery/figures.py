@@ -154,7 +154,7 @@ FIGURES: list[Figure] = [
         "The exponential learning-rate range test (fastai's): smoothed loss against the learning rate, "
         "with the suggested rate (valley) and the steepest descent marked; here for a new head on the demo "
         "model's convolutions, on synthetic images it never saw (seed 1).",
-        _lr_steps, lambda s: ["lr_schedule.png", "lr_find.png"],
+        _lr_steps, lambda s: ["lr_find.png", "lr_schedule.png"],
         source="Fine-tuning guide: the LR finder's two pictures (learning rate against iteration, loss against "
                "learning rate)",
         reproduction="Offline: a new head on the demo model's convolutions, synthetic images it never saw (seed "
