@@ -202,7 +202,7 @@ def plot_history(runs: dict[str, list[dict]], path, title: str | None = None, pa
                     color="0.5")
     for ax in spare:
         ax.axis("off")
-    if spare:  # the legend fills the empty cell
+    if len(spare):  # the legend fills the empty cell
         spare[0].legend(handles=handles, loc="center", fontsize=10, frameon=False, title="runs")
         fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
     else:
