@@ -176,3 +176,21 @@ def test_misclassified_draws_each_attention_layer(tmp_path):
                       "--method", "attention", "--count", "2", "--out", tmp_path / "m.png")
     assert result.code == 0, result.err
     assert "attention of 3 layers" in result.out or "every image is classified correctly" in result.out
+
+
+def test_every_core_command_is_documented_in_the_cli_page():
+    """Registry-driven: each command of a built-in command module (xviz/commands/) has its line in docs/cli.md."""
+    from pathlib import Path
+
+    from xviz.commands import build_parser
+    from xviz.registry import BUILTIN_COMMANDS, get_plugin_manager
+
+    pm = get_plugin_manager(builtins=False, entrypoints=False)
+    for module in BUILTIN_COMMANDS:
+        pm.register_plugin(__import__(module, fromlist=["_"]), module, "built-in", "?")
+    parser = build_parser(pm)
+    names = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)).choices
+    assert {"explain", "model-diagram", "augment-preview", "lr-sweep"} <= set(names)
+    cli = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    undocumented = [name for name in names if f"`xviz {name}" not in cli]
+    assert not undocumented, f"commands missing from docs/cli.md: {undocumented}"
