@@ -35,7 +35,8 @@ from xviz.errors import XvizError
 ENTRY_POINT_GROUP = "xviz"
 BUILTIN_COMMANDS = ("xviz.commands.explain", "xviz.commands.listing", "xviz.commands.train",
                     "xviz.commands.evaluate", "xviz.commands.gallery", "xviz.commands.misclassified",
-                    "xviz.commands.report")
+                    "xviz.commands.report", "xviz.commands.lr_sweep", "xviz.commands.augment_preview",
+                    "xviz.commands.model_diagram")
 BUILTIN_PLUGINS = ("xviz_zoo", "xviz_cam", "xviz_captum", "xviz_attention", "xviz_afs")
 
 

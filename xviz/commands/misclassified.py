@@ -58,11 +58,39 @@ def cmd_misclassified(args) -> int:
     shown_ = mistakes[:args.count]
     views = [data[m.index][0] for m in shown_]
     batch = torch.stack([model.preprocessing.normalize(v) for v in views])
-    [exp] = explain_tensors(model, batch, [method], layer=args.layer, pm=args.pm)  # the predicted class
+    explanations = explain_tensors(model, batch, [method], layer=args.layer, pm=args.pm)  # the predicted class
     titles = [f"Predicted: {m.predicted} ({m.probability:.0%})\nActual: {m.actual}" for m in shown_]
-    figure = grid(views, list(exp.maps[:, 0]), titles, args.columns, args.alpha, args.cmap, exp.signed)
-    print(f"wrote {save_png(figure, out)} ({len(shown_)} images, {method.name} of the predicted class)")
+    if len(explanations) == 1:
+        [exp] = explanations
+        figure = grid(views, list(exp.maps[:, 0]), titles, args.columns, args.alpha, args.cmap, exp.signed)
+        what = f"{method.name} of the predicted class"
+    else:  # a map per layer (attention): a row per image
+        figure = layer_rows(views, explanations, titles, args.alpha, args.cmap)
+        what = f"{method.name} of {len(explanations)} layers"
+    print(f"wrote {save_png(figure, out)} ({len(shown_)} images, {what})")
     return 0
+
+
+def layer_rows(views, explanations, titles, alpha: float, cmap: str):
+    """A row per image: the image (titled Predicted / Actual), then its map of each layer overlaid."""
+    from matplotlib.figure import Figure
+
+    from xviz.render import overlay
+
+    ncols = 1 + len(explanations)
+    fig = Figure(figsize=(2.1 * ncols, 2.25 * len(views) + 0.2))
+    axes = fig.subplots(len(views), ncols, squeeze=False)
+    for r, (view, title) in enumerate(zip(views, titles)):
+        axes[r][0].imshow(view)
+        axes[r][0].set_title(title, fontsize=9)
+        for c, exp in enumerate(explanations, start=1):
+            axes[r][c].imshow(overlay(view, exp.maps[r, 0], alpha, cmap, exp.signed))
+            if r == 0:
+                axes[r][c].set_title(f"{exp.method}: {exp.layer}", fontsize=9)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
 
 
 @hookimpl

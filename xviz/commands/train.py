@@ -105,7 +105,7 @@ def cmd_lr_find(args) -> int:
 
     from xviz.models import torch_device
     from xviz.train.loop import build_data, build_model
-    from xviz.train.lr_finder import lr_find, plot_lr_find
+    from xviz.train.lr_finder import lr_find, plot_lr_find, plot_lr_schedule
     from xviz.train.schedules import make_optimizer
 
     cfg = config_from_args(args)
@@ -120,6 +120,8 @@ def cmd_lr_find(args) -> int:
                      num_iter=args.iterations, device=device)
     out = Path(args.plot)
     plot_lr_find(result, out, title=f"{cfg.model} on {cfg.dataset}")
+    if args.schedule_plot:
+        print(f"wrote {plot_lr_schedule(result, args.schedule_plot, title=f'{cfg.model} on {cfg.dataset}')}")
     print(f"suggested learning rate {result.suggestion:.3g} (valley); steepest descent at {result.steep:.3g}"
           f"{'; stopped early: the loss diverged' if result.stopped_early else ''}")
     print(f"wrote {out}")
@@ -134,7 +136,8 @@ def cmd_plot_history(args) -> int:
     for i, source in enumerate(args.runs):
         label = labels[i] if i < len(labels) else Path(source).name or str(source)
         runs[label] = read_history(source)
-    out = plot_history(runs, args.out, title=args.title)
+    panels = [key.strip() for key in args.panels.split(",")] if args.panels else None
+    out = plot_history(runs, args.out, title=args.title, panels=panels)
     print(f"wrote {out}")
     return 0
 
@@ -160,11 +163,14 @@ def xviz_register_commands(subparsers):
     p.add_argument("--iterations", type=int, default=100, help="steps, the lr growing exponentially from "
                    "--start-lr to --end-lr (default: 100; stops early when the loss diverges)")
     p.add_argument("--plot", default="lr_find.png", help="where to write the plot (default: lr_find.png)")
+    p.add_argument("--schedule-plot", metavar="PNG", help="also draw the learning rate against the iteration here")
     p.set_defaults(func=cmd_lr_find)
 
     p = subparsers.add_parser("plot-history", help="compare runs: train/test accuracy and loss per epoch")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, history .json/.csv files or checkpoints")
     p.add_argument("--label", action="append", help="legend label per run, in order (repeat)")
     p.add_argument("--title", help="the figure's title")
+    p.add_argument("--panels", metavar="A,B", help="the panels, in order: train_acc, train_loss, test_acc, test_loss "
+                   "(default: all four; three leave the fourth cell to the legend)")
     p.add_argument("--out", default="history.png", help="where to write the figure (default: history.png)")
     p.set_defaults(func=cmd_plot_history)

@@ -3,79 +3,19 @@ draw it. Add an entry to :data:`FIGURES` and it gets its page."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from xviz.errors import XvizError
+from xviz.gallery.figure_types import (DEFAULT_RUNS, DEFAULT_SAMPLES, DEMO_MODEL, PANEL_SAMPLE,  # noqa: F401
+                                       Figure, Setting, Step)
+from xviz.gallery.figure_types import pick_images as _pick_images
+from xviz.gallery import finetune_figures, ltpa_figures
+from xviz.gallery.ltpa_figures import attention_run as _attention_run
 
-DEFAULT_SAMPLES = "plugins/xviz_zoo/assets/samples"
-DEFAULT_RUNS = "runs/gallery"
-DEMO_MODEL = "xviz-demo"
-PANEL_SAMPLE = "winged"  # the method pages' panel: the synthetic "bird"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """Where a figure's commands read and write: ``runs`` (run folders), ``page`` (the page's image
-    folder), ``samples`` (the bundled sample images), ``data`` (a real dataset root, or ``None``
-    for the synthetic dataset)."""
-
-    runs: str
-    page: str
-    samples: str
-    data: str | None = None
-
-    def sample(self, *names: str) -> list[str]:
-        return [f"{self.samples}/{n}.png" for n in names]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One ``xviz`` command line (without the leading ``xviz``). ``run``: the run folder a
-    ``train`` step writes; it is resumed rather than retrained when it already holds a checkpoint."""
-
-    argv: list[str]
-    run: str | None = None
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A documented figure: its page's ``title`` and ``description`` (Markdown), the ``steps``
-    that draw it for a :class:`Setting`, the ``images`` (file names in the page's folder) shown in
-    this order, and what must be registered for it: ``methods`` (also linked from their method
-    pages) and ``commands``. ``note`` follows the pictures (Markdown; may use ``{runs}``).
-    ``source``: the document figure it reproduces (e.g. "Learn to Pay Attention, Figure 2");
-    ``reproduction``: the honest status shown at the top of the page and in the index: on what
-    data, what matches the document and what does not."""
-
-    slug: str
-    title: str
-    description: str
-    steps: Callable[[Setting], list[Step]]
-    images: Callable[[Setting], list[str]]
-    methods: tuple[str, ...] = ()
-    commands: tuple[str, ...] = ()
-    note: str = ""
-    source: str = ""
-    reproduction: str = ""
-
-
-def _pick_images(data: str, count: int, pattern: str = "CUB_200_2011/images") -> list[str]:
-    """``count`` images spread over a real dataset's image folder (sorted, evenly spaced)."""
-    root = Path(data).expanduser()
-    found = sorted(p for p in root.rglob("*.jpg") if pattern in p.as_posix())
-    if not found:
-        raise XvizError(f"no images under `{root}` match `{pattern}/**/*.jpg`: point --data at the folder "
-                        "holding CUB_200_2011 (see docs/datasets.md)")
-    step = max(1, len(found) // count)
-    return [str(p) for p in found[::step][:count]]
-
-
-# the four attempts of the source documents' CUB experiments, on the synthetic dataset (seed 1:
-# images the demo model never saw), as docs/training.md runs them
-_SYNTHETIC = ["--model", DEMO_MODEL, "--dataset", "synthetic", "--dataset-options", "size=1000,seed=1",
-              "--epochs", "8", "--lr", "0.02", "--batch-size", "32"]
+# the four attempts of the source documents' CUB experiments on a transfer proxy: the demo model's
+# weights (learnt on 64-px synthetic images) moved to a target task of 32-px images (seed 1: images it
+# never saw), where its frozen features plateau and training them helps, as ImageNet features on CUB
+_SYNTHETIC = ["--model", DEMO_MODEL, "--dataset", "synthetic", "--dataset-options", "size=600,seed=1",
+              "--image-size", "32", "--epochs", "8", "--lr", "0.02", "--batch-size", "32"]
 _DEMO_WEIGHTS = "plugins/xviz_zoo/assets/xviz-demo.pt"
 _ATTEMPTS = {
     "from-scratch": ["--weights", "none"],
@@ -100,8 +40,10 @@ def _best_run(s: Setting) -> str:
 
 def _attempts_steps(s: Setting) -> list[Step]:
     runs = [step.run for step in _attempt_runs(s)]
-    title = "ResNet-50 on CUB-200-2011: three attempts" if s.data else "xviz-demo on synthetic (seed 1): four attempts"
-    return [*_attempt_runs(s), Step(["plot-history", *runs, "--title", title, "--out", f"{s.page}/attempts.png"])]
+    title = "ResNet-50 on CUB-200-2011: three attempts" if s.data else \
+        "xviz-demo moved from 64-px to 32-px synthetic images: four attempts"
+    return [*_attempt_runs(s), Step(["plot-history", *runs, "--panels", "train_acc,train_loss,test_acc",
+                                     "--title", title, "--out", f"{s.page}/attempts.png"])]
 
 
 def _bird_steps(s: Setting) -> list[Step]:
@@ -121,17 +63,7 @@ def _lr_steps(s: Setting) -> list[Step]:
     else:
         args = ["--model", DEMO_MODEL, "--weights", _DEMO_WEIGHTS, "--transfer", "backbone", "--dataset", "synthetic",
                 "--dataset-options", "size=1600,seed=1", "--batch-size", "32", "--start-lr", "1e-5"]
-    return [Step(["lr-find", *args, "--plot", f"{s.page}/lr_find.png"])]
-
-
-def _attention_run(s: Setting) -> list[Step]:
-    if s.data:
-        before = f"{s.runs}/attn-before-cifar100"
-        return [Step(["train", "--recipe", "attn-vgg-before-cifar100", "--data", s.data, "--out", before], before),
-                Step(["train", "--recipe", "attn-vgg-cub-freeze-then-unfreeze", "--weights", f"{before}/best.pt",
-                      "--data", s.data, "--out", f"{s.runs}/attn-cub"], f"{s.runs}/attn-cub")]
-    return [Step(["train", "--recipe", "attn-vgg-synthetic", "--out", f"{s.runs}/attn-synthetic"],
-                 f"{s.runs}/attn-synthetic")]
+    return [Step(["lr-find", *args, "--plot", f"{s.page}/lr_find.png", "--schedule-plot", f"{s.page}/lr_schedule.png"])]
 
 
 def _attention_images_in(s: Setting) -> list[str]:
@@ -179,6 +111,12 @@ FIGURES: list[Figure] = [
         "recipe. Below, where each layer's attention mass falls on the part-annotated test images "
         "(see [attention networks](../../attention.md) for how to read it).",
         _attention_steps, _attention_images, methods=("attention",), commands=("attention-report",),
+        source="Learn to Pay Attention (Jetley et al. 2018), Figure 3: attention maps of each layer",
+        reproduction="Offline: the `attn-vgg-synthetic` recipe (width 1/8, 64 px, 12 epochs) on the synthetic part "
+                     "dataset, whose part masks allow the mass-on-part table. Matches: the model (attention before "
+                     "pooling, pc compatibility, softmax), one overlay per attention layer. Differs: synthetic "
+                     "creatures instead of CIFAR-100 / CUB images. With `--data ROOT` the CIFAR-100 recipe and its "
+                     "CUB fine-tuning run instead.",
     ),
     Figure(
         "attempts", "Fine-tuning attempts: accuracy and loss curves",
@@ -186,7 +124,18 @@ FIGURES: list[Figure] = [
         "attempt, as the source documents compared their CUB-200-2011 runs: from scratch, and from a "
         "pretrained network whose transferred layers stay frozen, all train, or are frozen for the first "
         "epochs and then unfrozen.",
-        _attempts_steps, lambda s: ["attempts.png"],
+        _attempts_steps, lambda s: ["attempts.png"], commands=("plot-history",),
+        source="Fine-tuning on CUB-200-2011 notes: the attempts comparison (train accuracy, train loss, test "
+               "accuracy, one legend)",
+        reproduction="Offline: a transfer proxy. The demo model's convolutions, learnt on 64-px synthetic images, "
+                     "are moved to a target task of 32-px synthetic images (600 per split), where the creatures' "
+                     "parts are half the size the features were learnt for. Matches: the panels and the shared "
+                     "legend; the attempts (from scratch, frozen, unfrozen, frozen for 3 epochs then unfrozen); "
+                     "the frozen features plateau and the frozen-then-unfrozen attempt improves after "
+                     "unfreezing. Differs: 8 epochs instead of about 100, 6 classes instead of 200, a small CNN "
+                     "instead of ResNet-50 / the attention VGG; here training every layer from the start ends "
+                     "highest, where the document's best attempt was freeze-then-unfreeze. With `--data ROOT` "
+                     "the three CUB recipes run.",
     ),
     Figure(
         "gradcampp-bird", "GradCAM++ on a bird",
@@ -194,13 +143,24 @@ FIGURES: list[Figure] = [
         "bird is the `winged` creature, whose wing is the only part that tells it from the other "
         "classes; with `--data` it is a CUB-200-2011 test image.",
         _bird_steps, _bird_images, methods=("gradcampp",),
+        source="ResNet-18 / fine-tuning notes: GradCAM++ of the best fine-tuned model on a bird",
+        reproduction="Offline: the freeze-then-unfreeze attempt of the transfer proxy (32-px synthetic images) on "
+                     "the `winged` sample. Matches: GradCAM++ of the best attempt, image / heatmap / overlay. "
+                     "Differs: a small CNN on a synthetic creature; the document's water-bird figure on an "
+                     "ImageNet VGG-16 is the `vgg16-gradcam-gradcampp` page.",
     ),
     Figure(
         "lr-finder", "Learning-rate finder",
         "The exponential learning-rate range test (fastai's): smoothed loss against the learning rate, "
         "with the suggested rate (valley) and the steepest descent marked; here for a new head on the demo "
         "model's convolutions, on synthetic images it never saw (seed 1).",
-        _lr_steps, lambda s: ["lr_find.png"],
+        _lr_steps, lambda s: ["lr_find.png", "lr_schedule.png"],
+        source="Fine-tuning guide: the LR finder's two pictures (learning rate against iteration, loss against "
+               "learning rate)",
+        reproduction="Offline: a new head on the demo model's convolutions, synthetic images it never saw (seed "
+                     "1). Matches: fastai's range test (exponential rate, smoothed loss, valley suggestion) and "
+                     "its two plots. Differs: the model and the data. With `--data ROOT` the `cub-unfrozen` "
+                     "recipe (ResNet-50 on CUB-200-2011).",
     ),
     Figure(
         "misclassified", "Misclassified images with their CAMs",
@@ -208,6 +168,11 @@ FIGURES: list[Figure] = [
         "the predicted class: what made the model say it. The model is the *frozen* attempt (only a "
         "new head trained on the demo model's features), which makes enough mistakes to show.",
         _misclassified_steps, lambda s: ["misclassified.png"], methods=("gradcampp",), commands=("misclassified",),
+        source="ResNet-18 document: the misclassified-images grid (Predicted / Actual) with CAMs",
+        reproduction="Offline: the frozen attempt of the transfer proxy on unseen 32-px synthetic images (seed 2). "
+                     "Matches: the grid titled Predicted / Actual, GradCAM++ of the predicted class. Differs: "
+                     "12 images instead of 25; synthetic creatures instead of CIFAR-10. With `--data ROOT` the "
+                     "frozen CUB attempt on CUB-200-2011.",
     ),
     Figure(
         "afs-channels", "AFS channel importances",
@@ -219,3 +184,4 @@ FIGURES: list[Figure] = [
         commands=("afs-update", "afs-report"),
     ),
 ]
+FIGURES += [*ltpa_figures.FIGURES, *finetune_figures.FIGURES]

@@ -150,46 +150,67 @@ def _series(history: list[dict], key: str, accuracy: bool):
     return xs, ys
 
 
-def plot_history(runs: dict[str, list[dict]], path, title: str | None = None) -> Path:
-    """The comparison-of-attempts figure: a 2x2 grid (train accuracy, train loss, test accuracy, test
-    loss) vs epoch, one line per run in the same colour in every panel, a shared legend (with each run's
-    best test accuracy), accuracies in percent; written as a PNG with :func:`xviz.render.save_png`."""
+def _panel_specs(panels) -> list[tuple]:
+    """The :data:`PANELS` entries named by ``panels`` (keys, in that order; ``None``: all four)."""
+    if panels is None:
+        return list(PANELS)
+    known = {spec[0]: spec for spec in PANELS}
+    unknown = [key for key in panels if key not in known]
+    if unknown or not panels:
+        raise XvizError(f"unknown panel `{unknown[0] if unknown else ''}`: choose from {', '.join(known)}")
+    return [known[key] for key in panels]
+
+
+def plot_history(runs: dict[str, list[dict]], path, title: str | None = None, panels=None) -> Path:
+    """The comparison-of-attempts figure: one panel per entry of ``panels`` (keys of :data:`PANELS`;
+    default all four: train accuracy, train loss, test accuracy, test loss) vs epoch, one line per run
+    in the same colour in every panel, one shared legend (with each run's best test accuracy),
+    accuracies in percent. Four panels make a 2x2 grid with the legend below; three a 2x2 grid whose
+    fourth cell holds the legend; one or two a row. Written as a PNG with :func:`xviz.render.save_png`."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     if not runs:
         raise XvizError("nothing to plot: no runs were given")
+    specs = _panel_specs(panels)
     palette = colormaps["tab10"].colors if len(runs) <= 10 else colormaps["tab20"].colors
-    fig = Figure(figsize=(11, 7.6))
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    nrows = 1 if len(specs) <= 2 else 2
+    ncols = -(-len(specs) // nrows) if len(specs) != 3 else 2
+    fig = Figure(figsize=(11, 7.6) if nrows == 2 else (11, 4.4))
+    cells = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    axes, spare = cells[:len(specs)], cells[len(specs):]
     handles = []
     for r, (name, history) in enumerate(runs.items()):
         color = palette[r % len(palette)]
-        longest = max((len(_series(history, key, acc)[0]) for key, _, _, acc in PANELS), default=0)
+        longest = max((len(_series(history, key, acc)[0]) for key, _, _, acc in specs), default=0)
         marker = "o" if longest <= 30 else None
-        for ax, (key, _, _, accuracy) in zip(axes, PANELS):
+        for ax, (key, _, _, accuracy) in zip(axes, specs):
             xs, ys = _series(history, key, accuracy)
             if xs:
                 ax.plot(xs, ys, color=color, marker=marker, markersize=3.5, linewidth=1.6)
         xs, ys = _series(history, "test_acc", True)
         label = str(name) if not ys else f"{name} (best test {max(ys):.2f}% at epoch {xs[ys.index(max(ys))]})"
         handles.append(Line2D([], [], color=color, marker=marker, markersize=4, linewidth=1.6, label=label))
-    for ax, (key, panel_title, ylabel, _) in zip(axes, PANELS):
-        ax.set_title(panel_title, fontsize=10)
+    for ax, (key, panel_title, ylabel, _) in zip(axes, specs):
+        ax.set_title(panel_title, fontsize=11)
         ax.set_ylabel(ylabel)
+        ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, f"no `{key}` in these runs", transform=ax.transAxes, ha="center", va="center",
                     color="0.5")
-    for ax in axes[2:]:
-        ax.set_xlabel("epoch")
-        ax.tick_params(labelbottom=True)
-    ncol = min(len(handles), 3)
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
-    rows = -(-len(handles) // ncol)
-    fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 0.95 if title else 1))
+    for ax in spare:
+        ax.axis("off")
+    if len(spare):  # the legend fills the empty cell
+        spare[0].legend(handles=handles, loc="center", fontsize=10, frameon=False, title="runs")
+        fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
+    else:
+        ncol = min(len(handles), 3 if nrows == 2 else 2)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+        rows = -(-len(handles) // ncol)
+        fig.tight_layout(rect=(0, (0.035 if nrows == 2 else 0.07) * rows + 0.02, 1, 0.95 if title else 1))
     if title:
         fig.suptitle(title, fontsize=12)
     return save_png(fig, path)

@@ -315,3 +315,23 @@ def _loss_limits(y: np.ndarray, stopped_early: bool, marked: np.ndarray) -> tupl
         top, bottom = max(top, float(marked.max())), min(bottom, float(marked.min()))
     span = max(top - bottom, 1e-3 * max(abs(top), 1.0))
     return bottom - 0.12 * span, top + 0.15 * span
+
+
+def plot_lr_schedule(result: LRFinderResult, path, title: str | None = None) -> Path:
+    """The range test's other picture (fastai's ``plot_lr``): the learning rate of each iteration, on a
+    log axis (a straight line: the rate grows exponentially); written with :func:`xviz.render.save_png`."""
+    from matplotlib.figure import Figure
+
+    if not result.lrs:
+        raise XvizError("nothing to plot: the range test recorded no step")
+    fig = Figure(figsize=(7.2, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(range(1, len(result.lrs) + 1), result.lrs, color="tab:blue", linewidth=2.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate (log scale)")
+    note = "stopped early: the loss diverged" if result.stopped_early else f"{len(result.lrs)} steps"
+    ax.set_title((title + "\n" if title else "") + f"learning rate per iteration ({note})", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)
