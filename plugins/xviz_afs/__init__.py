@@ -14,6 +14,8 @@ Declarations only: the gates, models, regularisers, method and reports load when
 
 from __future__ import annotations
 
+import argparse
+
 from xviz import hookimpl
 from xviz.images import Preprocessing
 from xviz.specs import MethodSpec, ModelSpec, attributes_of, lazy
@@ -77,5 +79,47 @@ def xviz_register_commands(subparsers):
     p.add_argument("--thres-m", type=float, default=0.5, help="m = 1 where the mean kept importance exceeds it")
     p.add_argument("--out", help="where to write (default: masked.pt beside the checkpoint)")
     p.set_defaults(func=lazy("xviz_afs.report:cmd_update"))
+
+    p = subparsers.add_parser("afs-diagram", help="AFDS: draw one AFS gate (conv, BN, predictor, winner-take-all, "
+                                                  "s / m masks) from a gated network's modules")
+    p.add_argument("--model", default="afs_resnet18", help="a gated model (default: afs_resnet18)")
+    p.add_argument("--checkpoint", help="draw the gate of this checkpoint instead (its masks included)")
+    p.add_argument("--ratio", type=float, help="keep ratio d of --model (default: the model's)")
+    p.add_argument("--layer", help="the gated conv (default: the first)")
+    p.add_argument("--out", default="afs_gate.png", help="the PNG to write")
+    p.set_defaults(func=lazy("xviz_afs.figures:cmd_diagram"))
+
+    def measured(p):
+        p.add_argument("--data", help="dataset to measure on (default: the one the checkpoint was trained on)")
+        p.add_argument("--data-root", help="root folder of --data")
+        p.add_argument("--limit", type=int, help="use only the first N images of each split")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--thres-s", type=float, default=0.5, help="afs-update's variance threshold for s")
+
+    p = subparsers.add_parser("afs-compare", help="AFDS: test accuracy and MACs of gated runs (e.g. one per "
+                                                  "regulariser), before and after afs-update, as a table")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoints of gated models")
+    measured(p)
+    p.add_argument("--thres-m", type=float, default=0.5, help="afs-update's threshold for m")
+    p.add_argument("--out", default="afs-compare", help="output folder (regularisers.png, regularisers.csv)")
+    p.set_defaults(func=lazy("xviz_afs.figures:cmd_compare"))
+
+    p = subparsers.add_parser("afs-sweep", help="AFDS: accuracy against MACs as the keep ratio d and the m "
+                                                "threshold vary, on one trained gated network")
+    p.add_argument("--checkpoint", required=True, help="a run folder or checkpoint of a gated model")
+    measured(p)
+    p.add_argument("--ratios", type=_floats, default=[0.25, 0.5, 0.75, 1.0], help="keep ratios d (default: "
+                   "0.25,0.5,0.75,1)")
+    p.add_argument("--thres-m", type=_floats, default=[0.5, 1.0, 1.5], help="m thresholds (default: 0.5,1,1.5)")
+    p.add_argument("--out", default="afs-sweep", help="output folder (accuracy_macs.png, sweep.csv)")
+    p.set_defaults(func=lazy("xviz_afs.figures:cmd_sweep"))
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a comma-separated list of numbers, e.g. 0.25,0.5") from None
+
 
 __getattr__ = attributes_of("xviz_afs.models")  # e.g. xviz_afs.build(18, 10), imported on first use

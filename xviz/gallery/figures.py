@@ -219,3 +219,7 @@ FIGURES: list[Figure] = [
         commands=("afs-update", "afs-report"),
     ),
 ]
+
+from xviz.gallery.afds_figures import AFDS_FIGURES  # noqa: E402  (its entries are built from the classes above)
+
+FIGURES += AFDS_FIGURES

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xviz.errors import XvizError
+from xviz.gallery import catalogue
 from xviz.gallery.figures import DEMO_MODEL, PANEL_SAMPLE, Figure, Setting
 
 
@@ -177,7 +178,7 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
         if path.is_file() and path.name not in keep:
             path.unlink()
 
-    lines = [f"# {fig.title}", "", fig.description, ""]
+    lines = [f"# {fig.title}", "", *reproduction_box(fig, setting), fig.description, ""]
     lines += [f"![{fig.title}: {img}]({fig.slug}/{img})" for img in result.images]
     lines += ["", "## Reproduce with", ""]
     source = (f"on the real datasets under `{setting.data}`" if setting.data
@@ -196,6 +197,41 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
         lines += [fig.note.format(runs=setting.runs), ""]
     _write(out / result.page, "\n".join(lines))
     return result
+
+
+def real_data_commands(fig: Figure, setting: Setting) -> list[str]:
+    """The commands that draw ``fig`` on the real datasets under ``ROOT`` (``[]`` when they depend on
+    the files there, e.g. images picked from the dataset)."""
+    real = Setting(setting.runs, setting.page, setting.samples, data="ROOT")
+    try:
+        return [shown(step.argv) for step in fig.steps(real)]
+    except (XvizError, OSError):
+        return []
+
+
+def reproduction_box(fig: Figure, setting: Setting) -> list[str]:
+    """The note at the top of a figure page: the document figure it reproduces, on what data and how
+    faithfully, and the command for the real dataset."""
+    row = catalogue.row_for(fig)
+    source = fig.source or (row.source if row else "")
+    differs = (fig.reproduction or (row.why if row else "")).strip()
+    differs = differs[:1].upper() + differs[1:] if differs else ""
+    differs = differs if not differs or differs.endswith(".") else differs + "."
+    title = f"Reproduces {source}" if source else "How this figure is made"
+    real = real_data_commands(fig, setting)
+    same = real == [shown(step.argv) for step in fig.steps(setting)]
+    if setting.data:
+        data = f"Drawn on the real datasets under `{setting.data}`."
+    else:
+        data = "Drawn offline" + ("." if same else " on the synthetic part dataset (CPU minutes).")
+    body = [data + (" " + differs if differs else ""), ""]
+    if same:
+        body.append("The commands below do not change with the real datasets (`--data ROOT`).")
+    elif not setting.data:
+        body.append(f"On the real dataset: `xviz gallery --figure {fig.slug} --data ROOT`"
+                    + (", which runs:" if real else " (it picks images from the dataset)."))
+        body += ["", "```bash", *real, "```"] if real else []
+    return [f'!!! info "{title}"', "", *[("    " + line).rstrip() for line in body], ""]
 
 
 def _run_row(run: str) -> str:
@@ -227,20 +263,24 @@ def write_index(out: Path, methods: list[MethodResult], figures: list[FigureResu
         summary = m.summary.replace("|", "\\|")
         lines.append(f"| [{m.name}]({m.page}) | `{m.plugin}` | {summary} | {picture} |")
     lines += ["", "## Figures of the source documents", "",
-              "Each figure the source documents show, reproduced with xviz's training subsystem "
-              + ("on the real datasets." if setting.data else
-                 "on the synthetic part dataset (small settings, CPU minutes); `xviz gallery --data ROOT` "
-                 "reproduces them on the real datasets."), "",
-              "| figure | |", "| --- | --- |"]
-    for f in figures:
-        if f.missing:
-            lines.append(f"| {f.figure.title} | pending: {', '.join(f'`{x}`' for x in f.missing)} "
-                         "is not registered yet |")
+              "Every figure of the five source documents, and where the gallery stands on it: *reproduced on "
+              "synthetic data* (drawn offline by the commands its page shows, on the synthetic part dataset; "
+              "`xviz gallery --data ROOT` draws it on the real dataset), *needs the real dataset* (nothing "
+              "offline shows the document's effect) or *not reproducible offline* (it needs something that "
+              "cannot be downloaded here). Each page says at its top what matches the document and what does "
+              "not.", "",
+              "| document figure | gallery page | status | what differs, or why not |", "| --- | --- | --- | --- |"]
+    for source, f, status, why in catalogue.rows(figures):
+        if f is None:
+            page = "-"
+        elif f.missing:
+            page = f"pending: {', '.join(f'`{x}`' for x in f.missing)} is not registered yet"
         elif not f.page:
-            lines.append(f"| {f.figure.title} | not generated yet: `xviz gallery --figure {f.figure.slug}` "
-                         "(trains its runs) |")
+            page = f"not generated yet: `xviz gallery --figure {f.figure.slug}`"
         else:
-            lines.append(f"| [{f.figure.title}]({f.page}) | {_thumb(f'figures/{f.figure.slug}/{f.images[0]}', f.figure.title)} |")
+            page = f"[{f.figure.title}]({f.page})<br>{_thumb(f'figures/{f.figure.slug}/{f.images[0]}', f.figure.title)}"
+        cell = " ".join(why.replace("|", "\\|").split())
+        lines.append(f"| {source} | {page} | {status} | {cell or '-'} |")
     lines += ["", "## Regenerating", "", "```bash",
               "xviz gallery --out docs/gallery                 # method pages, then figure pages (trains missing runs)",
               "xviz gallery --out docs/gallery --methods-only  # method pages only (seconds)",
