@@ -330,8 +330,72 @@ def test_the_committed_gallery_has_a_page_for_every_registered_method_and_lists_
             for image in re.findall(r"\]\(([^)]+\.png)\)", page.read_text()):
                 assert (page.parent / image).is_file(), f"{page.name} shows {image}, which is not committed"
         else:  # the index says why there is no page
-            assert f"| {fig.title} | pending:" in index or f"`xviz gallery --figure {fig.slug}`" in index, \
+            assert "pending:" in index or f"`xviz gallery --figure {fig.slug}`" in index, \
                 f"figure `{fig.slug}`: neither a page nor a line in docs/gallery/index.md; run `xviz gallery`"
+
+
+def test_the_gallery_index_lists_every_document_figure_with_its_status():
+    from xviz.gallery import FIGURES
+    from xviz.gallery.catalogue import DOCUMENT_FIGURES, NEEDS_DATA, OFFLINE, SYNTHETIC
+
+    index = (DOCS / "gallery" / "index.md").read_text()
+    for row in DOCUMENT_FIGURES:
+        line = next((x for x in index.splitlines() if x.startswith(f"| {row.source} |")), None)
+        assert line, f"docs/gallery/index.md has no row for `{row.source}`: run `xviz gallery --methods-only`"
+        assert any(status in line for status in (SYNTHETIC, NEEDS_DATA, OFFLINE, "not drawn yet")), line
+        if row.status != SYNTHETIC and "](figures/" not in line:
+            assert row.why and row.why.split()[0] in line, f"the row for `{row.source}` must say why: {line}"
+    slugs = {f.slug for f in FIGURES}
+    for row in DOCUMENT_FIGURES:
+        assert not row.slug or row.slug in slugs, f"`{row.source}` names page `{row.slug}`, which FIGURES lacks"
+
+
+@pytest.mark.parametrize("slug", [f.slug for f in __import__("xviz.gallery", fromlist=["FIGURES"]).FIGURES])
+def test_a_committed_figure_page_says_what_it_reproduces_and_shows_its_figures_commands(slug):
+    """The page's header names the document figure; its commands are exactly what FIGURES runs now."""
+    from xviz.gallery import FIGURES, Setting
+    from xviz.gallery.pages import shown
+
+    page = DOCS / "gallery" / "figures" / f"{slug}.md"
+    if not page.is_file():
+        pytest.skip(f"figure `{slug}` has no committed page (the index says why)")
+    fig = next(f for f in FIGURES if f.slug == slug)
+    text = page.read_text()
+    assert text.splitlines()[2].startswith('!!! info "Reproduces '), f"{page.name}: no reproduction note at its top"
+    setting = Setting(runs="runs/gallery", page=f"docs/gallery/figures/{slug}", samples="plugins/xviz_zoo/assets/samples")
+    block = text.split("## Reproduce with", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert block.splitlines() == [shown(step.argv) for step in fig.steps(setting)], (
+        f"{page.name} shows other commands than FIGURES runs: regenerate it (`xviz gallery --figure {slug}`)")
+
+
+# ---------------------------------------------------------------- numbers quoted from run records
+
+def test_numbers_the_docs_quote_are_those_of_the_run_records():
+    from xviz.gallery.records import MARKER, check_quotes, read_records
+
+    records = read_records(DOCS / "gallery")
+    quoted = 0
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        quoted += len(MARKER.findall(text))
+        problems = check_quotes(text, records)
+        assert not problems, f"docs/{page.name}: " + "; ".join(problems)
+    assert quoted >= 5, "the docs quote run numbers with markers (`99.40 %<!-- run frozen best -->`)"
+
+
+def test_a_quoted_number_its_record_does_not_hold_is_caught():
+    from xviz.gallery.records import check_quotes, summarize
+
+    history = [{"epoch": 1, "test_acc": 0.5, "train_acc": 0.4, "train_loss": 1.5, "seconds": 60},
+               {"epoch": 2, "test_acc": 0.8125, "train_acc": 0.7, "train_loss": 0.9, "seconds": 90}]
+    records = {"r": summarize(history)}
+    assert records["r"]["best"] == 81.25 and records["r"]["minutes"] == 2.5 and records["r"]["test_acc@1"] == 50.0
+    assert check_quotes("reaches 81.25 %<!-- run r best --> in 2<!-- run r epochs --> epochs, 81.3 %<!-- run r best -->",
+                        records) == []
+    assert check_quotes("we got 81.0 %<!-- run r best -->", records) == [
+        "`81.0` quotes `best` of run `r`, whose record holds 81.25"]
+    assert "which no gallery figure records" in check_quotes("1 %<!-- run other best -->", records)[0]
+    assert "does not hold" in check_quotes("1<!-- run r test_acc@9 -->", records)[0]
 
 
 def test_the_readme_links_the_gallery_and_keeps_its_first_commands():

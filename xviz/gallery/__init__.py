@@ -32,10 +32,11 @@ __all__ = ["FIGURES", "Figure", "Setting", "Step", "generate", "run_xviz"]
 
 
 def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=None, figures=True,
-             only: list[str] | None = None) -> tuple[list[MethodResult], list[FigureResult]]:
+             only: list[str] | None = None, pages_only: bool = False) -> tuple[list[MethodResult], list[FigureResult]]:
     """Write the gallery into ``out``: ``index.md``, ``methods/NAME.md`` for every registered method and
     ``figures/SLUG.md`` for every entry of :data:`FIGURES` (``figures=False``: keep the figure pages
-    already there; ``only``: regenerate just these figures)."""
+    already there; ``only``: regenerate just these figures; ``pages_only``: rewrite their pages from the
+    pictures already there, without running their commands)."""
     from tqdm import tqdm
 
     from xviz import registry
@@ -76,7 +77,7 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
             shutil.rmtree(out / "figures" / fig.slug, ignore_errors=True)
         elif fig.slug in wanted:
             Path(setting.page).mkdir(parents=True, exist_ok=True)
-            result = figure_page(fig, out, setting, pm)
+            result = figure_page(fig, out, setting, pm, run=not pages_only)
             print(f"gallery: wrote {out / result.page} ({result.seconds:.0f} s)", file=sys.stderr)
         elif (out / "figures" / f"{fig.slug}.md").is_file():
             result = FigureResult(fig, page=f"figures/{fig.slug}.md", images=fig.images(setting))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xviz.errors import XvizError
-from xviz.gallery import catalogue
+from xviz.gallery import catalogue, records
 from xviz.gallery.figures import DEMO_MODEL, PANEL_SAMPLE, Figure, Setting
 
 
@@ -114,7 +114,7 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
 
     ref = getattr(method, "reference", "") or ""
     lines = [f"# {name}", "", f"**{method.summary or 'no summary given'}**", "",
-             "| | |", "| --- | --- |",
+             "| property | value |", "| --- | --- |",
              f"| plugin | `{plugin}` ({pm.infos[plugin].source if plugin in pm.infos else 'registered in code'}) |",
              f"| reference | {f'<{ref}>' if ref.startswith('http') else (ref or '-')} |",
              f"| target layer | {'yes (`--layer`; default: the model' + chr(39) + 's)' if method.uses_layer else 'not needed'} |",
@@ -136,10 +136,26 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
     if result.images and result.problem:
         lines += [f"(It also reported: `{result.problem}`.)", ""]
     using = [f for f in figures if name in f.methods]
+    if not result.images:
+        lines += _figure_maps(name, using, out)
     if using:
         lines += ["## Figures using it", ""] + [f"- [{f.title}](../figures/{f.slug}.md)" for f in using] + [""]
     _write(out / result.page, "\n".join(lines))
     return result
+
+
+def _figure_maps(name: str, using: list[Figure], out: Path) -> list[str]:
+    """For a method the demo model cannot run: its maps as the figure pages using it show them, on the
+    network those figures train for it."""
+    lines = []
+    for fig in using:
+        folder = out / "figures" / fig.slug
+        shots = sorted(p.name for p in folder.glob(f"*_{name}_*.png")) if folder.is_dir() else []
+        if shots:
+            lines += [f"## On the network of [{fig.title}](../figures/{fig.slug}.md)", "",
+                      f"That figure's commands train a network `{name}` applies to; its maps there:", ""]
+            lines += [f"![{name}: {shot}](../figures/{fig.slug}/{shot})" for shot in shots] + [""]
+    return lines
 
 
 @dataclass
@@ -186,16 +202,19 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
     lines += [f"Made by `xviz gallery` {source}, with exactly these commands:", "", "```bash"]
     lines += [shown(step.argv) for step in steps] + ["```", ""]
     trained = [step.run for step in steps if step.run]
+    records.write_records(folder, trained)  # the numbers docs pages may quote (xviz.gallery.records)
+    page = out / result.page
+    before = page.read_text() if page.is_file() else ""
     if trained:
         lines += ["Training runs are cached: `xviz gallery` resumes a run folder that already holds a checkpoint "
                   "(a finished run is reused as is). What they reached:", "",
                   "| run | epochs | best test accuracy | training time |", "| --- | --- | --- | --- |"]
-        lines += [_run_row(r) for r in trained] + [""]
+        lines += [_run_row(r, before) for r in trained] + [""]
     if fig.methods:
         lines += ["Methods: " + ", ".join(f"[{m}](../methods/{_safe(m)}.md)" for m in fig.methods), ""]
     if fig.note:
         lines += [fig.note.format(runs=setting.runs), ""]
-    _write(out / result.page, "\n".join(lines))
+    _write(page, "\n".join(lines))
     return result
 
 
@@ -234,13 +253,16 @@ def reproduction_box(fig: Figure, setting: Setting) -> list[str]:
     return [f'!!! info "{title}"', "", *[("    " + line).rstrip() for line in body], ""]
 
 
-def _run_row(run: str) -> str:
+def _run_row(run: str, before: str = "") -> str:
+    """The run table's row for ``run``; when its folder is gone (a page rewritten without running its
+    commands), the row the page had before."""
     from xviz.train.history import read_history
 
     try:
         rows = read_history(run)
     except XvizError:
-        return f"| `{Path(run).name}` | ? | ? | ? |"
+        kept = re.search(rf"^\| `{re.escape(Path(run).name)}` \|.*$", before, re.M)
+        return kept.group(0) if kept else f"| `{Path(run).name}` | ? | ? | ? |"
     best = max((r.get("test_acc", 0.0) for r in rows), default=0.0)
     seconds = sum(float(r.get("seconds", 0.0) or 0.0) for r in rows)
     return f"| `{Path(run).name}` | {len(rows)} | {100 * best:.2f} % | {seconds / 60:.1f} min |"
