@@ -371,14 +371,14 @@ def test_a_committed_figure_page_says_what_it_reproduces_and_shows_its_figures_c
 # ---------------------------------------------------------------- numbers quoted from run records
 
 def test_numbers_the_docs_quote_are_those_of_the_run_records():
-    from xviz.gallery.records import MARKER, check_quotes, read_records
+    from xviz.gallery.records import MARKER, check_quotes, read_records, read_tables
 
-    records = read_records(DOCS / "gallery")
+    records, tables = read_records(DOCS / "gallery"), read_tables(DOCS / "gallery")
     quoted = 0
     for page in sorted(DOCS.glob("*.md")):
         text = page.read_text()
         quoted += len(MARKER.findall(text))
-        problems = check_quotes(text, records)
+        problems = check_quotes(text, records, tables)
         assert not problems, f"docs/{page.name}: " + "; ".join(problems)
     assert quoted >= 5, "the docs quote run numbers with markers (`99.40 %<!-- run frozen best -->`)"
 
@@ -393,7 +393,12 @@ def test_a_quoted_number_its_record_does_not_hold_is_caught():
     assert check_quotes("reaches 81.25 %<!-- run r best --> in 2<!-- run r epochs --> epochs, 81.3 %<!-- run r best -->",
                         records) == []
     assert check_quotes("we got 81.0 %<!-- run r best -->", records) == [
-        "`81.0` quotes `best` of run `r`, whose record holds 81.25"]
+        "`81.0` quotes `best` of run `r`, which holds 81.25"]
+    tables = {"f/t.csv": {"r": {"run": "r", "macs": "52.83"}}}
+    assert check_quotes("52.8 M<!-- table f/t.csv r macs -->", {}, tables) == []
+    assert check_quotes("52.9 M<!-- table f/t.csv r macs -->", {}, tables) == [
+        "`52.9` quotes `macs` of row `r` of `f/t.csv`, which holds 52.83"]
+    assert "does not hold" in check_quotes("1<!-- table f/t.csv r acc -->", {}, tables)[0]
     assert "which no gallery figure records" in check_quotes("1 %<!-- run other best -->", records)[0]
     assert "does not hold" in check_quotes("1<!-- run r test_acc@9 -->", records)[0]
 

@@ -92,7 +92,8 @@ def xviz_register_commands(subparsers):
     def measured(p):
         p.add_argument("--data", help="dataset to measure on (default: the one the checkpoint was trained on)")
         p.add_argument("--data-root", help="root folder of --data")
-        p.add_argument("--limit", type=int, help="use only the first N images of each split")
+        p.add_argument("--limit", type=int, help="the masks' statistics from the first N training images (afs-sweep: "
+                       "and only the first N test images)")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--thres-s", type=float, default=0.5, help="afs-update's variance threshold for s")
 
@@ -101,7 +102,7 @@ def xviz_register_commands(subparsers):
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoints of gated models")
     measured(p)
     p.add_argument("--thres-m", type=float, default=0.5, help="afs-update's threshold for m")
-    p.add_argument("--out", default="afs-compare", help="output folder (regularisers.png, regularisers.csv)")
+    p.add_argument("--out", default="afs-compare", help="output folder (afs_compare.png, afs_compare.csv)")
     p.set_defaults(func=lazy("xviz_afs.figures:cmd_compare"))
 
     p = subparsers.add_parser("afs-sweep", help="AFDS: accuracy against MACs as the keep ratio d and the m "

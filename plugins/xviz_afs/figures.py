@@ -119,6 +119,17 @@ def _test_loader(loaded, data: dict, split: str, limit: int | None, batch_size: 
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
 
 
+def unmasked_macs(model, image_size: int) -> tuple[float, float]:
+    """(gated MACs, dense MACs) of a gated model whose masks are all 1: winner-take-all then keeps
+    exactly round(d * C) of each layer's C channels on every image, so no data is needed."""
+    found = gates(model)
+    if any(bool((g.m == 0).any()) for g in found.values()):
+        raise XvizError("the gates are masked already (afs-update ran): measure on data instead")
+    kept = {n: max(1, round(g.ratio * len(g.m))) / len(g.m) for n, g in found.items()}
+    macs = estimate_macs(model, image_size, kept)
+    return macs.gated, macs.dense
+
+
 @torch.no_grad()
 def accuracy_and_macs(model, loader, image_size: int) -> tuple[float, float, float]:
     """(test accuracy, gated MACs, dense MACs) of a gated model; the kept fraction of each layer is
@@ -150,7 +161,7 @@ def _run_data(data, args) -> dict:
     return {k: config.get(k) for k in ("dataset", "data", "dataset_options")}
 
 
-def _load_run(run: str, args):
+def _load_run(run: str, args, test_limit: int | None = None):
     from xviz.checkpoint import read_checkpoint
     from xviz.models import load_model
 
@@ -159,7 +170,7 @@ def _load_run(run: str, args):
     stored = read_checkpoint(run)
     size = loaded.preprocessing.crop or loaded.preprocessing.resize
     data = _run_data(stored, args)
-    test = _test_loader(loaded, data, "test", args.limit, args.batch_size, args.pm)
+    test = _test_loader(loaded, data, "test", test_limit, args.batch_size, args.pm)
     train = _test_loader(loaded, data, "train", args.limit, args.batch_size, args.pm)
     return loaded, stored, size, test, train
 
@@ -195,13 +206,13 @@ def cmd_compare(args) -> int:
     from tqdm import tqdm
 
     header = ["run", "regulariser", "test acc. (run)", "MMACs (d)", "after afs-update: acc.", "MMACs", "MACs saved"]
-    rows = []
+    rows, numbers = [], []
     for run in tqdm(args.runs, desc="afs-compare", unit="run"):
         loaded, stored, size, test, train = _load_run(run, args)
         config = stored.get("config") or {}
         history = stored.get("history") or []
         model = loaded.module.eval()
-        _, gated, dense = accuracy_and_macs(model, test, size)
+        gated, dense = unmasked_macs(model, size)
         update_masks(model, train, args.thres_s, args.thres_m)
         masked_acc, masked, _ = accuracy_and_macs(model, test, size)
         reg = config.get("reg", "?")
@@ -209,10 +220,13 @@ def cmd_compare(args) -> int:
         final = history[-1]["test_acc"] if history else float("nan")
         rows.append([Path(run).name, reg, f"{100 * final:.1f} %", f"{gated / 1e6:.1f}", f"{100 * masked_acc:.1f} %",
                      f"{masked / 1e6:.1f}", f"{dense / masked:.2f}x"])
+        numbers.append([Path(run).name, config.get("reg", ""), f"{100 * final:.4f}", f"{gated / 1e6:.4f}",
+                        f"{100 * masked_acc:.4f}", f"{masked / 1e6:.4f}", f"{dense / 1e6:.4f}", f"{dense / masked:.4f}"])
     out = Path(args.out)
-    written = [_write_csv(rows, header, out / "regularisers.csv"),
-               save_png(table_figure(header, rows, f"AFDS regularisers ({dense / 1e6:.1f} MMACs dense)"),
-                        out / "regularisers.png")]
+    written = [_write_csv(numbers, ["run", "reg", "test_acc", "mmacs", "masked_test_acc", "masked_mmacs", "dense_mmacs",
+                                    "reduction"], out / "afs_compare.csv"),
+               save_png(table_figure(header, rows, f"test accuracy and MACs per image ({dense / 1e6:.1f} MMACs dense)"),
+                        out / "afs_compare.png")]
     for row in rows:
         print("  ".join(row))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -250,7 +264,7 @@ def sweep_figure(points: dict[str, list[tuple[str, float, float]]], dense: float
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    loaded, stored, size, test, train = _load_run(args.checkpoint, args)
+    loaded, stored, size, test, train = _load_run(args.checkpoint, args, args.limit)
     model = loaded.module.eval()
     trained = next(iter(gates(model).values())).ratio
     points: dict[str, list[tuple[str, float, float]]] = {"keep ratio d (masks all 1)": [],

@@ -35,14 +35,14 @@ def _trained(s: Setting) -> list[str]:
 
 
 def _compare_steps(s: Setting) -> list[Step]:
-    return [*_reg_runs(s), Step(["afs-compare", *_trained(s), "--out", s.page])]
+    return [*_reg_runs(s), Step(["afs-compare", *_trained(s), "--limit", "240", "--out", s.page])]
 
 
 def _sweep_steps(s: Setting) -> list[Step]:
     afd = _trained(s)[-1]
     return [*[st for st in _reg_runs(s) if st.run == afd or "source" in st.run],
             Step(["afs-sweep", "--checkpoint", afd, "--ratios", "0.25,0.5,0.75,1", "--thres-m", "0.5,1,1.5",
-                  "--out", s.page])]
+                  "--limit", "240", "--out", s.page])]
 
 
 def _mosaic_steps(s: Setting) -> list[Step]:
@@ -81,7 +81,7 @@ AFDS_FIGURES: list[Figure] = [
         "`afd`), all gated ResNet-18s keeping d = 0.5 of each layer's channels, trained from the same source "
         "network; then `xviz afs-compare` measures each run's test accuracy and MACs, and again after "
         "`afs-update` (thresholds 0.5) removes the channels the gates rarely value.",
-        _compare_steps, lambda s: ["regularisers.png"], commands=("afs-compare",),
+        _compare_steps, lambda s: ["afs_compare.png"], commands=("afs-compare",), tables=("afs_compare.csv",),
         source="AFDS: results across regularisers (accuracy and MACs)",
         reproduction="Same columns as the document (regulariser, accuracy, MACs); a ResNet-18 fine-tuned for 2 "
                      "short epochs on 480 synthetic images instead of ResNet-101 on Stanford Dogs and the other "
@@ -93,7 +93,7 @@ AFDS_FIGURES: list[Figure] = [
         "The AFD-regularised run of the table, measured by `xviz afs-sweep` as the keep ratio d of every gate "
         "varies (the network trained at d = 0.5; masks all 1), and as the threshold on m varies (`afs-update` "
         "at the trained d): each point is the test accuracy and the MACs per image.",
-        _sweep_steps, lambda s: ["accuracy_macs.png"], commands=("afs-sweep",),
+        _sweep_steps, lambda s: ["accuracy_macs.png"], commands=("afs-sweep",), tables=("sweep.csv",),
         source="AFDS: accuracy against MACs as the keep ratio d and the thresholds vary",
         reproduction="Same axes as the document (accuracy against MACs); the paper trains one network per d, "
                      "here one network trained at d = 0.5 is evaluated at each d (and each m threshold), on "

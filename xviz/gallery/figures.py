@@ -47,7 +47,8 @@ class Figure:
     pages) and ``commands``. ``note`` follows the pictures (Markdown; may use ``{runs}``).
     ``source``: the document figure it reproduces (e.g. "Learn to Pay Attention, Figure 2");
     ``reproduction``: the honest status shown at the top of the page and in the index: on what
-    data, what matches the document and what does not."""
+    data, what matches the document and what does not. ``tables``: CSV files the commands write
+    that the page keeps and links (docs may quote them, see :mod:`xviz.gallery.records`)."""
 
     slug: str
     title: str
@@ -59,6 +60,7 @@ class Figure:
     note: str = ""
     source: str = ""
     reproduction: str = ""
+    tables: tuple[str, ...] = ()
 
 
 def _pick_images(data: str, count: int, pattern: str = "CUB_200_2011/images") -> list[str]:
@@ -168,7 +170,8 @@ def _afs_steps(s: Setting) -> list[Step]:
             Step(["afs-update", "--checkpoint", gated, "--out", f"{gated}/masked.pt"]),
             Step(["afs-report", "--checkpoint", f"{gated}/masked.pt", "--out", s.page]),
             Step(["explain", "--checkpoint", f"{gated}/masked.pt", "--method", "afs-channels", "--out", s.page,
-                  *s.sample("winged")])]
+                  *s.sample("winged")]),
+            Step(["afs-compare", gated, "--out", s.page])]
 
 
 FIGURES: list[Figure] = [
@@ -216,7 +219,7 @@ FIGURES: list[Figure] = [
         "gate keeps fire.",
         _afs_steps, lambda s: ["channel_importance.png", "kept_fraction.png", "top_channels.png",
                                "winged_afs-channels_layers.png"], methods=("afs-channels",),
-        commands=("afs-update", "afs-report"),
+        commands=("afs-update", "afs-report", "afs-compare"), tables=("afs_compare.csv",),
     ),
 ]
 

@@ -189,7 +189,7 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
     absent = [img for img in result.images if not (folder / img).is_file()]
     if absent:
         raise XvizError(f"figure `{fig.slug}`: its commands did not write {', '.join(absent)} into `{folder}`")
-    keep = set(result.images)
+    keep = {*result.images, *fig.tables, records.RECORD}
     for path in folder.iterdir():  # only the pictures shown are kept (and committed)
         if path.is_file() and path.name not in keep:
             path.unlink()
@@ -210,6 +210,9 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
                   "(a finished run is reused as is). What they reached:", "",
                   "| run | epochs | best test accuracy | training time |", "| --- | --- | --- | --- |"]
         lines += [_run_row(r, before) for r in trained] + [""]
+    kept = [t for t in fig.tables if (folder / t).is_file()]
+    if kept:
+        lines += ["The numbers behind it: " + ", ".join(f"[{t}]({fig.slug}/{t})" for t in kept), ""]
     if fig.methods:
         lines += ["Methods: " + ", ".join(f"[{m}](../methods/{_safe(m)}.md)" for m in fig.methods), ""]
     if fig.note:

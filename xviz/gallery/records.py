@@ -5,9 +5,11 @@ Each figure page keeps, beside its pictures, ``runs.json``: per run folder its `
 (%) and ``train_loss@N``. A page that predates it is read from its run table (run, epochs, best test
 accuracy, training time).
 
-A docs page quotes a run's number with a marker right after it, an HTML comment a reader never sees::
+A figure may also keep tables (CSV files named in its ``tables``), read by their first column and
+header. A docs page quotes a number with a marker right after it, an HTML comment a reader never sees::
 
     the frozen attempt reaches 99.40 %<!-- run frozen best -->
+    the masked network: 76.8 %<!-- table afs-channels/afs_compare.csv afds-synthetic masked_test_acc -->
 
 ``tests/test_docs.py`` fails when the number before a marker is not the record's value (rounded to
 the decimals quoted), so prose cannot drift from the runs the figures show.
@@ -20,7 +22,7 @@ import re
 from pathlib import Path
 
 RECORD = "runs.json"
-MARKER = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:%|min(?:utes)?)?\s*<!--\s*run\s+(\S+)\s+(\S+)\s*-->")
+MARKER = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:%|min(?:utes)?|x|M)?\s*<!--\s*(run|table)\s+(\S+)\s+(\S+)(?:\s+(\S+))?\s*-->")
 _TABLE_ROW = re.compile(r"^\| `([^`]+)` \| (\d+) \| ([\d.]+) % \| ([\d.]+) min \|$", re.M)
 
 
@@ -70,11 +72,26 @@ def read_records(gallery: Path) -> dict[str, dict]:
     return records
 
 
-def check_quotes(text: str, records: dict[str, dict]) -> list[str]:
-    """What is wrong with the run markers of a page's text: unknown runs or keys, and numbers that are
-    not the record's value rounded to the decimals quoted."""
+def read_tables(gallery: Path) -> dict[str, dict[str, dict]]:
+    """The CSV tables the figure pages keep: ``{"SLUG/FILE.csv": {first column: {header: value}}}``."""
+    import csv
+
+    tables = {}
+    for path in sorted((Path(gallery) / "figures").glob("*/*.csv")):
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+        key = rows and next(iter(rows[0]))
+        tables[f"{path.parent.name}/{path.name}"] = {row[key]: row for row in rows} if rows else {}
+    return tables
+
+
+def check_quotes(text: str, records: dict[str, dict], tables: dict | None = None) -> list[str]:
+    """What is wrong with the markers of a page's text: unknown runs, tables, rows or keys, and numbers
+    that are not the record's value rounded to the decimals quoted."""
     problems = []
-    for number, run, key in MARKER.findall(text):
+    for number, kind, run, key, column in MARKER.findall(text):
+        if kind == "table":
+            problems += _check_table(number, run, key, column, tables or {})
+            continue
         if run not in records:
             problems.append(f"`{number}` quotes run `{run}`, which no gallery figure records")
             continue
@@ -82,7 +99,19 @@ def check_quotes(text: str, records: dict[str, dict]) -> list[str]:
             problems.append(f"`{number}` quotes `{key}` of run `{run}`, which its record does not hold "
                             f"(it holds {', '.join(sorted(records[run])[:8])}, ...)")
             continue
-        decimals = len(number.partition(".")[2])  # the quote is the record rounded to as many decimals
-        if abs(float(records[run][key]) - float(number)) > 10 ** -decimals / 2 + 1e-9:
-            problems.append(f"`{number}` quotes `{key}` of run `{run}`, whose record holds {records[run][key]:g}")
+        problems += _compare(number, float(records[run][key]), f"`{key}` of run `{run}`")
     return problems
+
+
+def _check_table(number: str, table: str, row: str, column: str, tables: dict) -> list[str]:
+    held = tables.get(table, {}).get(row, {}).get(column)
+    if held is None:
+        return [f"`{number}` quotes `{column}` of row `{row}` of `{table}`, which the gallery does not hold"]
+    return _compare(number, float(held), f"`{column}` of row `{row}` of `{table}`")
+
+
+def _compare(number: str, held: float, what: str) -> list[str]:
+    decimals = len(number.partition(".")[2])  # the quote is the record rounded to as many decimals
+    if abs(held - float(number)) > 10 ** -decimals / 2 + 1e-9:
+        return [f"`{number}` quotes {what}, which holds {held:g}"]
+    return []
