@@ -1,8 +1,8 @@
 """Run records: the numbers of the gallery's training runs, and the rule that docs quote only them.
 
 Each figure page keeps, beside its pictures, ``runs.json``: per run folder its ``epochs``, ``best`` and
-``final`` test accuracy (%), ``minutes`` of training, and per epoch ``test_acc@N``, ``train_acc@N``
-(%) and ``train_loss@N``. A page that predates it is read from its run table (run, epochs, best test
+``final`` test accuracy (%), ``minutes`` of training, and per epoch every number of its history
+(``test_acc@N``, ``train_acc@N`` in %, ``train_loss@N``, ``train_reg@N``, ``lr@N``, ...). A page that predates it is read from its run table (run, epochs, best test
 accuracy, training time).
 
 A figure may also keep tables (CSV files named in its ``tables``), read by their first column and
@@ -34,9 +34,9 @@ def summarize(history: list[dict]) -> dict:
               "minutes": round(sum(float(r.get("seconds", 0.0) or 0.0) for r in history) / 60, 4)}
     for row in history:
         epoch = int(row.get("epoch", 0))
-        for key, scale in (("test_acc", 100), ("train_acc", 100), ("train_loss", 1)):
-            if row.get(key) is not None:
-                record[f"{key}@{epoch}"] = round(scale * float(row[key]), 4)
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                record[f"{key}@{epoch}"] = round((100 if key.endswith("_acc") else 1) * float(value), 4)
     return record
 
 
