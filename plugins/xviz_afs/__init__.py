@@ -14,8 +14,6 @@ Declarations only: the gates, models, regularisers, method and reports load when
 
 from __future__ import annotations
 
-import argparse
-
 from xviz import hookimpl
 from xviz.images import Preprocessing
 from xviz.specs import MethodSpec, ModelSpec, attributes_of, lazy
@@ -109,18 +107,10 @@ def xviz_register_commands(subparsers):
                                                 "threshold vary, on one trained gated network")
     p.add_argument("--checkpoint", required=True, help="a run folder or checkpoint of a gated model")
     measured(p)
-    p.add_argument("--ratios", type=_floats, default=[0.25, 0.5, 0.75, 1.0], help="keep ratios d (default: "
-                   "0.25,0.5,0.75,1)")
-    p.add_argument("--thres-m", type=_floats, default=[0.5, 1.0, 1.5], help="m thresholds (default: 0.5,1,1.5)")
+    p.add_argument("--ratios", default="0.25,0.5,0.75,1", help="keep ratios d (default: 0.25,0.5,0.75,1)")
+    p.add_argument("--thres-m", default="0.5,1,1.5", help="m thresholds (default: 0.5,1,1.5)")
     p.add_argument("--out", default="afs-sweep", help="output folder (accuracy_macs.png, sweep.csv)")
     p.set_defaults(func=lazy("xviz_afs.figures:cmd_sweep"))
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"`{text}` is not a comma-separated list of numbers, e.g. 0.25,0.5") from None
 
 
 __getattr__ = attributes_of("xviz_afs.models")  # e.g. xviz_afs.build(18, 10), imported on first use

@@ -261,22 +261,33 @@ def sweep_figure(points: dict[str, list[tuple[str, float, float]]], dense: float
     return fig
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise XvizError(f"`{flag} {text}` is not a comma-separated list of numbers, e.g. {flag} 0.25,0.5")
+    return values
+
+
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
+    ratios, thresholds = _floats(args.ratios, "--ratios"), _floats(args.thres_m, "--thres-m")
     loaded, stored, size, test, train = _load_run(args.checkpoint, args, args.limit)
     model = loaded.module.eval()
     trained = next(iter(gates(model).values())).ratio
     points: dict[str, list[tuple[str, float, float]]] = {"keep ratio d (masks all 1)": [],
                                                           f"threshold m (d = {trained:g}, after afs-update)": []}
     rows, dense = [], 0.0
-    for ratio in tqdm(args.ratios, desc="afs-sweep: d", unit="ratio"):
+    for ratio in tqdm(ratios, desc="afs-sweep: d", unit="ratio"):
         _set_ratio(model, ratio)
         acc, macs, dense = accuracy_and_macs(model, test, size)
         points["keep ratio d (masks all 1)"].append((f"d={ratio:g}", macs, acc))
         rows.append(["ratio", f"{ratio:g}", f"{args.thres_s:g}", f"{acc:.4f}", f"{macs:.0f}"])
     _set_ratio(model, trained)
-    for thres in tqdm(args.thres_m, desc="afs-sweep: thresholds", unit="threshold"):
+    for thres in tqdm(thresholds, desc="afs-sweep: thresholds", unit="threshold"):
         masked = copy.deepcopy(model)
         update_masks(masked, train, args.thres_s, thres)
         acc, macs, _ = accuracy_and_macs(masked, test, size)
