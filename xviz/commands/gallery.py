@@ -38,5 +38,6 @@ def xviz_register_commands(subparsers):
     p.add_argument("--pages-only", action="store_true", help="rewrite the figure pages from the pictures already "
                    "there, without running their commands (no training)")
     p.add_argument("--figure", action="append", metavar="SLUG",
-                   help="regenerate only this figure page (repeat); " + ", ".join(f.slug for f in FIGURES))
+                   help="regenerate only this figure page (repeat; the method pages are kept); "
+                   + ", ".join(f.slug for f in FIGURES))
     p.set_defaults(func=cmd_gallery)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from xviz.errors import XvizError
 from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, FIGURES, Figure, Setting, Step
-from xviz.gallery.pages import FigureResult, MethodResult, figure_page, method_page, run_xviz, write_index
+from xviz.gallery.pages import (FigureResult, MethodResult, existing_method, figure_page, method_page, run_xviz,
+                                write_index)
 
 __all__ = ["FIGURES", "Figure", "Setting", "Step", "generate", "run_xviz"]
 
@@ -35,7 +36,7 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
              only: list[str] | None = None, pages_only: bool = False) -> tuple[list[MethodResult], list[FigureResult]]:
     """Write the gallery into ``out``: ``index.md``, ``methods/NAME.md`` for every registered method and
     ``figures/SLUG.md`` for every entry of :data:`FIGURES` (``figures=False``: keep the figure pages
-    already there; ``only``: regenerate just these figures; ``pages_only``: rewrite their pages from the
+    already there; ``only``: regenerate just these figures, and keep the method pages; ``pages_only``: rewrite their pages from the
     pictures already there, without running their commands)."""
     from tqdm import tqdm
 
@@ -62,10 +63,14 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
     wanted = {f.slug for f in FIGURES if not missing[f.slug] and figures and (not only or f.slug in only)}
     available = [f for f in FIGURES if not missing[f.slug]
                  and (f.slug in wanted or (out / "figures" / f"{f.slug}.md").is_file())]
-    shutil.rmtree(out / "methods", ignore_errors=True)  # a method no longer registered loses its page
-    method_results = []
-    for name, method in tqdm(sorted(found.items()), desc="gallery: methods", unit="method", file=sys.stderr):
-        method_results.append(method_page(method, found.plugins[name], out, sample_paths, sample_arg, pm, available))
+    if only:  # one figure: the method pages stay as they are
+        method_results = [existing_method(method, found.plugins[name], out) for name, method in sorted(found.items())]
+    else:
+        shutil.rmtree(out / "methods", ignore_errors=True)  # a method no longer registered loses its page
+        method_results = []
+        for name, method in tqdm(sorted(found.items()), desc="gallery: methods", unit="method", file=sys.stderr):
+            method_results.append(method_page(method, found.plugins[name], out, sample_paths, sample_arg, pm,
+                                              available))
 
     figure_results = []
     for fig in FIGURES:

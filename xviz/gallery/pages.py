@@ -122,6 +122,8 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
     doc = method_doc(method)
     if doc:
         lines += ["## Definition", "", _md_docstring(doc), ""]
+    using = [f for f in figures if name in f.methods]
+    lines += [] if result.images else _figure_maps(name, using, out)  # its maps where it applies, first
     lines += ["## On the demo model", ""]
     if result.images:
         lines += [f"The bundled demo model (`{DEMO_MODEL}`, six classes that differ by one part) on the "
@@ -135,12 +137,18 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
     lines += ["```bash", shown(argv), "```", ""]
     if result.images and result.problem:
         lines += [f"(It also reported: `{result.problem}`.)", ""]
-    using = [f for f in figures if name in f.methods]
-    if not result.images:
-        lines += _figure_maps(name, using, out)
     if using:
         lines += ["## Figures using it", ""] + [f"- [{f.title}](../figures/{f.slug}.md)" for f in using] + [""]
     _write(out / result.page, "\n".join(lines))
+    return result
+
+
+def existing_method(method, plugin: str, out: Path) -> MethodResult:
+    """A method's page as the gallery last wrote it (for the index, when only figures are redrawn)."""
+    result = MethodResult(method.name, plugin, f"methods/{_safe(method.name)}.md", method.summary or "")
+    folder = out / "methods" / _safe(method.name)
+    result.images = sorted((p.name for p in folder.glob("*.png")), key=lambda n: not n.startswith("grid_")) \
+        if folder.is_dir() else []
     return result
 
 
@@ -309,7 +317,8 @@ def write_index(out: Path, methods: list[MethodResult], figures: list[FigureResu
     lines += ["", "## Regenerating", "", "```bash",
               "xviz gallery --out docs/gallery                 # method pages, then figure pages (trains missing runs)",
               "xviz gallery --out docs/gallery --methods-only  # method pages only (seconds)",
-              "xviz gallery --out docs/gallery --figure attempts   # one figure page",
+              "xviz gallery --out docs/gallery --figure attempts   # one figure page (method pages kept)",
+              "xviz gallery --out docs/gallery --figure attempts --pages-only  # rewrite its page, run nothing",
               "xviz gallery --out docs/gallery --data ~/data   # figures on the real datasets",
               "```", "",
               "Training runs are cached in `--runs` (default `runs/gallery`): a run folder that holds a checkpoint "
@@ -323,5 +332,8 @@ def write_index(out: Path, methods: list[MethodResult], figures: list[FigureResu
               "Figure pages are data: `xviz.gallery.FIGURES` lists each figure as a title, a description, the "
               "`xviz` commands that draw it (run in-process, exactly as shown) and the pictures they write. An "
               "entry whose methods or commands are not registered stays pending. Adding a figure is adding an "
-              "entry there.", ""]
+              "entry there. The document figures themselves are listed in `xviz/gallery/catalogue.py`, so "
+              "those without a page still have their row above. Each figure folder keeps `runs.json`, the "
+              "records of its training runs, and the tables its commands write: docs pages quote their "
+              "numbers from these (`xviz.gallery.records`), and the tests check every quote.", ""]
     _write(out / "index.md", "\n".join(lines))
