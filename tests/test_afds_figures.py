@@ -110,3 +110,15 @@ def test_the_mosaic_titles_are_the_images_classes():
     fig = dataset_mosaic("synthetic", "test", None, 8, None)
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert len(titles) == 8 and set(titles) <= set(CLASSES)
+
+
+def test_afs_compare_measures_a_masked_checkpoint_with_its_own_masks(gated_run, run_cli, tmp_path):
+    masked = tmp_path / "masked.pt"
+    code, _, err = run_cli("afs-update", "--checkpoint", gated_run, "--thres-m", "1e9", "--out", masked)
+    assert code == 0, err
+    # the thresholds given to afs-compare are not used: the checkpoint's masks (all 0) are
+    code, _, err = run_cli("afs-compare", masked, "--thres-m", "0", "--out", tmp_path / "c")
+    assert code == 0, err
+    [row] = _rows(tmp_path / "c" / "afs_compare.csv")
+    assert row["run"] == f"{tmp_path.name}/masked.pt"
+    assert float(row["masked_mmacs"]) < 0.5 * float(row["mmacs"])

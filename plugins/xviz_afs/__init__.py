@@ -96,7 +96,8 @@ def xviz_register_commands(subparsers):
         p.add_argument("--thres-s", type=float, default=0.5, help="afs-update's variance threshold for s")
 
     p = subparsers.add_parser("afs-compare", help="AFDS: test accuracy and MACs of gated runs (e.g. one per "
-                                                  "regulariser), before and after afs-update, as a table")
+                                                  "regulariser), before and after afs-update (a masked checkpoint: "
+                                                  "its own masks), as a table")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoints of gated models")
     measured(p)
     p.add_argument("--thres-m", type=float, default=0.5, help="afs-update's threshold for m")

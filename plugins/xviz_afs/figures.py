@@ -1,6 +1,7 @@
 """The AFDS document's figures: ``xviz afs-diagram`` (one AFS gate, drawn from the modules of a
 gated network, so the picture follows the code), ``xviz afs-compare`` (test accuracy and MACs of
-runs trained with different regularisers, before and after ``afs-update``) and ``xviz afs-sweep``
+runs trained with different regularisers, before and after ``afs-update``; a checkpoint that
+``afs-update`` wrote is measured with its own masks) and ``xviz afs-sweep``
 (accuracy against MACs as the keep ratio d and the mask threshold vary, on one trained network).
 
 MACs are :func:`xviz_afs.sparse.estimate_macs` for one image at the checkpoint's input size:
@@ -212,15 +213,23 @@ def cmd_compare(args) -> int:
         config = stored.get("config") or {}
         history = stored.get("history") or []
         model = loaded.module.eval()
+        masks = {name: g.m.clone() for name, g in gates(model).items()}
+        for gate in gates(model).values():  # the network as trained: every channel allowed
+            gate.m.fill_(1)
         gated, dense = unmasked_macs(model, size)
-        update_masks(model, train, args.thres_s, args.thres_m)
+        if all(bool((m == 1).all()) for m in masks.values()):
+            update_masks(model, train, args.thres_s, args.thres_m)
+        else:  # afs-update has run: measure the checkpoint's own masks
+            for name, gate in gates(model).items():
+                gate.m.copy_(masks[name])
         masked_acc, masked, _ = accuracy_and_macs(model, test, size)
         reg = config.get("reg", "?")
         reg = reg if reg == "none" else f"{reg} (λ {config.get('reg_lambda', '?')})"
         final = history[-1]["test_acc"] if history else float("nan")
-        rows.append([Path(run).name, reg, f"{100 * final:.1f} %", f"{gated / 1e6:.1f}", f"{100 * masked_acc:.1f} %",
+        name = Path(run).name if Path(run).is_dir() else f"{Path(run).parent.name}/{Path(run).name}"
+        rows.append([name, reg, f"{100 * final:.1f} %", f"{gated / 1e6:.1f}", f"{100 * masked_acc:.1f} %",
                      f"{masked / 1e6:.1f}", f"{dense / masked:.2f}x"])
-        numbers.append([Path(run).name, config.get("reg", ""), f"{100 * final:.4f}", f"{gated / 1e6:.4f}",
+        numbers.append([name, config.get("reg", ""), f"{100 * final:.4f}", f"{gated / 1e6:.4f}",
                         f"{100 * masked_acc:.4f}", f"{masked / 1e6:.4f}", f"{dense / 1e6:.4f}", f"{dense / masked:.4f}"])
     out = Path(args.out)
     written = [_write_csv(numbers, ["run", "reg", "test_acc", "mmacs", "masked_test_acc", "masked_mmacs", "dense_mmacs",

@@ -41,7 +41,7 @@ def _compare_steps(s: Setting) -> list[Step]:
 def _sweep_steps(s: Setting) -> list[Step]:
     afd = _trained(s)[-1]
     return [*[st for st in _reg_runs(s) if st.run == afd or "source" in st.run],
-            Step(["afs-sweep", "--checkpoint", afd, "--ratios", "0.25,0.5,0.75,1", "--thres-m", "0.5,1,1.5",
+            Step(["afs-sweep", "--checkpoint", afd, "--ratios", "0.25,0.5,1", "--thres-m", "0.5,1",
                   "--limit", "240", "--out", s.page])]
 
 

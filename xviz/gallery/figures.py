@@ -171,7 +171,7 @@ def _afs_steps(s: Setting) -> list[Step]:
             Step(["afs-report", "--checkpoint", f"{gated}/masked.pt", "--out", s.page]),
             Step(["explain", "--checkpoint", f"{gated}/masked.pt", "--method", "afs-channels", "--out", s.page,
                   *s.sample("winged")]),
-            Step(["afs-compare", gated, "--out", s.page])]
+            Step(["afs-compare", f"{gated}/masked.pt", "--out", s.page])]
 
 
 FIGURES: list[Figure] = [
