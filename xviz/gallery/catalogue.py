@@ -110,7 +110,7 @@ def rows(figures) -> list[tuple[str, object, str, str]]:
         page = bool(result is not None and result.page)
         why = (result.figure.reproduction if page and result.figure.reproduction else "") or row.why
         if not page and row.status == SYNTHETIC:
-            why = "reproducible offline; no gallery page draws it yet"
+            why = "its page is not generated yet" if result else "reproducible offline; no gallery page draws it yet"
         out.append((row.source, result, status(row, page), why))
         shown.add(id(result))
     for f in figures:  # pages no row names, or a second page of one document figure
