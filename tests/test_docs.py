@@ -377,6 +377,10 @@ def test_numbers_the_docs_quote_are_those_of_the_run_records():
     for page in sorted(DOCS.glob("*.md")):
         text = page.read_text()
         quoted += len(MARKER.findall(text))
+        comments = len(re.findall(r"<!--\s*(?:run|table)\s", text))
+        assert comments == len(MARKER.findall(text)), (
+            f"docs/{page.name}: a `<!-- run ... -->` / `<!-- table ... -->` marker that follows no number (write "
+            "it right after the number and its unit: `99.40 %<!-- run frozen best -->`)")
         problems = check_quotes(text, records, tables)
         assert not problems, f"docs/{page.name}: " + "; ".join(problems)
     assert quoted >= 5, "the docs quote run numbers with markers (`99.40 %<!-- run frozen best -->`)"

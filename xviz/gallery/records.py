@@ -9,7 +9,7 @@ A figure may also keep tables (CSV files named in its ``tables``), read by their
 header. A docs page quotes a number with a marker right after it, an HTML comment a reader never sees::
 
     the frozen attempt reaches 99.40 %<!-- run frozen best -->
-    the masked network: 76.8 %<!-- table afs-channels/afs_compare.csv afds-synthetic masked_test_acc -->
+    the masked network: 76.8 %<!-- table afs-channels/afs_compare.csv afds-synthetic/masked.pt masked_test_acc -->
 
 ``tests/test_docs.py`` fails when the number before a marker is not the record's value (rounded to
 the decimals quoted), so prose cannot drift from the runs the figures show.
@@ -73,14 +73,19 @@ def read_records(gallery: Path) -> dict[str, dict]:
 
 
 def read_tables(gallery: Path) -> dict[str, dict[str, dict]]:
-    """The CSV tables the figure pages keep: ``{"SLUG/FILE.csv": {first column: {header: value}}}``."""
+    """The CSV tables the figure pages keep: ``{"SLUG/FILE.csv": {row key: {header: value}}}``; a row's
+    key is its first column, or ``first:second`` where the first column repeats (``ratio:0.25``)."""
     import csv
+    from collections import Counter
 
     tables = {}
     for path in sorted((Path(gallery) / "figures").glob("*/*.csv")):
         rows = list(csv.DictReader(path.read_text().splitlines()))
-        key = rows and next(iter(rows[0]))
-        tables[f"{path.parent.name}/{path.name}"] = {row[key]: row for row in rows} if rows else {}
+        columns = list(rows[0]) if rows else []
+        repeats = Counter(row[columns[0]] for row in rows)
+        tables[f"{path.parent.name}/{path.name}"] = {
+            (row[columns[0]] if repeats[row[columns[0]]] == 1 else f"{row[columns[0]]}:{row[columns[1]]}"): row
+            for row in rows}
     return tables
 
 
