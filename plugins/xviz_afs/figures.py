@@ -188,12 +188,16 @@ def table_figure(header: list[str], rows: list[list[str]], title: str):
     """A table as a picture (matplotlib), readable at ~700 px."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 0.55 + 0.36 * (len(rows) + 1)))
+    fig, ax = plt.subplots(figsize=(7.2, 0.8 + 0.4 * (len(rows) + 2)))
     ax.axis("off")
     table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(9.5)
-    table.scale(1, 1.5)
+    table.auto_set_column_width(list(range(len(header))))
+    table.scale(1, 1.6)
+    for (r, _), cell in table.get_celld().items():
+        if r == 0:
+            cell.set_height(cell.get_height() * 1.7)  # two-line headers
     for (r, _), cell in table.get_celld().items():
         if r == 0:
             cell.set_facecolor("#dbe9f6")
@@ -206,7 +210,8 @@ def table_figure(header: list[str], rows: list[list[str]], title: str):
 def cmd_compare(args) -> int:
     from tqdm import tqdm
 
-    header = ["run", "regulariser", "test acc. (run)", "MMACs (d)", "after afs-update: acc.", "MMACs", "MACs saved"]
+    header = ["run", "regulariser", "test acc.\n(the run)", "MMACs\n(d)", "acc. after\nafs-update", "MMACs after\nafs-update",
+              "MACs\nsaved"]
     rows, numbers = [], []
     for run in tqdm(args.runs, desc="afs-compare", unit="run"):
         loaded, stored, size, test, train = _load_run(run, args)
@@ -224,7 +229,7 @@ def cmd_compare(args) -> int:
                 gate.m.copy_(masks[name])
         masked_acc, masked, _ = accuracy_and_macs(model, test, size)
         reg = config.get("reg", "?")
-        reg = reg if reg == "none" else f"{reg} (λ {config.get('reg_lambda', '?')})"
+        reg = reg if reg == "none" else f"{reg}, λ {config.get('reg_lambda', '?')}"
         final = history[-1]["test_acc"] if history else float("nan")
         name = Path(run).name if Path(run).is_dir() else f"{Path(run).parent.name}/{Path(run).name}"
         rows.append([name, reg, f"{100 * final:.1f} %", f"{gated / 1e6:.1f}", f"{100 * masked_acc:.1f} %",
