@@ -26,7 +26,8 @@ def cmd_gallery(args) -> int:
 
 @hookimpl
 def xviz_register_commands(subparsers):
-    from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, FIGURES
+    from xviz.gallery import FIGURES
+    from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES
 
     p = subparsers.add_parser("gallery", help="write the documentation gallery: a page per method and per figure",
                               description="The documentation gallery, drawn by xviz itself.")

@@ -5,7 +5,7 @@ The gallery has two kinds of pages, both generated:
 * **method pages**, one per method in the registry (:func:`xviz.registry.methods`): its summary,
   reference, definition (the class docstring) and overlays on the bundled demo model for the
   sample images. A third-party plugin's method gets its page by being installed.
-* **figure pages**, one per entry of :data:`FIGURES`: each figure the source documents show,
+* **figure pages**, one per entry of ``FIGURES`` (``figures.py`` and ``afds_figures.py``): each figure the source documents show,
   reproduced with xviz commands (training runs included) on the synthetic dataset, or on the real
   datasets when ``--data`` points at them. An entry *is* its list of commands: the generator runs
   exactly them, in-process, and the page shows them as "reproduce with". An entry whose method or
@@ -25,11 +25,15 @@ import sys
 from pathlib import Path
 
 from xviz.errors import XvizError
-from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, FIGURES, Figure, Setting, Step
+from xviz.gallery.afds_figures import AFDS_FIGURES
+from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, Figure, Setting, Step
+from xviz.gallery.figures import FIGURES as _FIGURES
 from xviz.gallery.pages import (FigureResult, MethodResult, existing_method, figure_page, method_page, run_xviz,
                                 write_index)
 
 __all__ = ["FIGURES", "Figure", "Setting", "Step", "generate", "run_xviz"]
+
+FIGURES: list[Figure] = [*_FIGURES, *AFDS_FIGURES]  # every figure page: the entries of figures.py and the modules beside it
 
 
 def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=None, figures=True,

@@ -222,7 +222,3 @@ FIGURES: list[Figure] = [
         commands=("afs-update", "afs-report", "afs-compare"), tables=("afs_compare.csv",),
     ),
 ]
-
-from xviz.gallery.afds_figures import AFDS_FIGURES  # noqa: E402  (its entries are built from the classes above)
-
-FIGURES += AFDS_FIGURES
