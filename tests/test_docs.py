@@ -330,8 +330,80 @@ def test_the_committed_gallery_has_a_page_for_every_registered_method_and_lists_
             for image in re.findall(r"\]\(([^)]+\.png)\)", page.read_text()):
                 assert (page.parent / image).is_file(), f"{page.name} shows {image}, which is not committed"
         else:  # the index says why there is no page
-            assert f"| {fig.title} | pending:" in index or f"`xviz gallery --figure {fig.slug}`" in index, \
+            assert "pending:" in index or f"`xviz gallery --figure {fig.slug}`" in index, \
                 f"figure `{fig.slug}`: neither a page nor a line in docs/gallery/index.md; run `xviz gallery`"
+
+
+def test_the_gallery_index_lists_every_document_figure_with_its_status():
+    from xviz.gallery import FIGURES
+    from xviz.gallery.catalogue import DOCUMENT_FIGURES, NEEDS_DATA, OFFLINE, SYNTHETIC
+
+    index = (DOCS / "gallery" / "index.md").read_text()
+    for row in DOCUMENT_FIGURES:
+        line = next((x for x in index.splitlines() if x.startswith(f"| {row.source} |")), None)
+        assert line, f"docs/gallery/index.md has no row for `{row.source}`: run `xviz gallery --methods-only`"
+        assert any(status in line for status in (SYNTHETIC, NEEDS_DATA, OFFLINE, "not drawn yet")), line
+        if row.status != SYNTHETIC and "](figures/" not in line:
+            assert row.why and row.why.split()[0] in line, f"the row for `{row.source}` must say why: {line}"
+    for fig in FIGURES:  # every figure page has its row: the one of its document figure, or its own
+        assert f"](figures/{fig.slug}.md)" in index or f"--figure {fig.slug}`" in index or "pending:" in index, fig.slug
+
+
+@pytest.mark.parametrize("slug", [f.slug for f in __import__("xviz.gallery", fromlist=["FIGURES"]).FIGURES])
+def test_a_committed_figure_page_says_what_it_reproduces_and_shows_its_figures_commands(slug):
+    """The page's header names the document figure; its commands are exactly what FIGURES runs now."""
+    from xviz.gallery import FIGURES, Setting
+    from xviz.gallery.pages import shown
+
+    page = DOCS / "gallery" / "figures" / f"{slug}.md"
+    if not page.is_file():
+        pytest.skip(f"figure `{slug}` has no committed page (the index says why)")
+    fig = next(f for f in FIGURES if f.slug == slug)
+    text = page.read_text()
+    assert text.splitlines()[2].startswith('!!! info "Reproduces '), f"{page.name}: no reproduction note at its top"
+    setting = Setting(runs="runs/gallery", page=f"docs/gallery/figures/{slug}", samples="plugins/xviz_zoo/assets/samples")
+    block = text.split("## Reproduce with", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert block.splitlines() == [shown(step.argv) for step in fig.steps(setting)], (
+        f"{page.name} shows other commands than FIGURES runs: regenerate it (`xviz gallery --figure {slug}`)")
+
+
+# ---------------------------------------------------------------- numbers quoted from run records
+
+def test_numbers_the_docs_quote_are_those_of_the_run_records():
+    from xviz.gallery.records import MARKER, check_quotes, read_records, read_tables
+
+    records, tables = read_records(DOCS / "gallery"), read_tables(DOCS / "gallery")
+    quoted = 0
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        quoted += len(MARKER.findall(text))
+        comments = len(re.findall(r"<!--\s*(?:run|table)\s", text))
+        assert comments == len(MARKER.findall(text)), (
+            f"docs/{page.name}: a `<!-- run ... -->` / `<!-- table ... -->` marker that follows no number (write "
+            "it right after the number and its unit: `99.40 %<!-- run frozen best -->`)")
+        problems = check_quotes(text, records, tables)
+        assert not problems, f"docs/{page.name}: " + "; ".join(problems)
+    assert quoted >= 5, "the docs quote run numbers with markers (`99.40 %<!-- run frozen best -->`)"
+
+
+def test_a_quoted_number_its_record_does_not_hold_is_caught():
+    from xviz.gallery.records import check_quotes, summarize
+
+    history = [{"epoch": 1, "test_acc": 0.5, "train_acc": 0.4, "train_loss": 1.5, "seconds": 60},
+               {"epoch": 2, "test_acc": 0.8125, "train_acc": 0.7, "train_loss": 0.9, "seconds": 90}]
+    records = {"r": summarize(history)}
+    assert records["r"]["best"] == 81.25 and records["r"]["minutes"] == 2.5 and records["r"]["test_acc@1"] == 50.0
+    assert check_quotes("reaches 81.25 %<!-- run r best --> in 2<!-- run r epochs --> epochs, 81.3 %<!-- run r best -->",
+                        records) == []
+    assert check_quotes("we got 81.0 %<!-- run r best -->", records) == [
+        "`81.0` quotes `best` of run `r`, which holds 81.25"]
+    tables = {"f/t.csv": {"r": {"run": "r", "macs": "52.83"}}}
+    assert check_quotes("52.8 M<!-- table f/t.csv r macs -->", {}, tables) == []
+    assert check_quotes("52.9 M<!-- table f/t.csv r macs -->", {}, tables) == [
+        "`52.9` quotes `macs` of row `r` of `f/t.csv`, which holds 52.83"]
+    assert "does not hold" in check_quotes("1<!-- table f/t.csv r acc -->", {}, tables)[0]
+    assert "which no gallery figure records" in check_quotes("1 %<!-- run other best -->", records)[0]
+    assert "does not hold" in check_quotes("1<!-- run r test_acc@9 -->", records)[0]
 
 
 def test_the_readme_links_the_gallery_and_keeps_its_first_commands():
@@ -356,3 +428,11 @@ def test_docs_toolchain_is_in_the_dev_extra():
     dev = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"])
     assert "mkdocs>=1.6,<1.7" in dev and "mkdocs-material" in dev and "mkdocstrings[python]" in dev
 
+
+
+def test_a_method_the_demo_model_cannot_run_shows_its_maps_from_the_figure_that_trains_for_it():
+    text = (DOCS / "gallery" / "methods" / "attention.md").read_text()
+    shots = re.findall(r"\]\(\.\./figures/attention-layers/([^)]+\.png)\)", text)
+    assert shots, "the attention method page shows no attention maps"
+    assert all((DOCS / "gallery" / "figures" / "attention-layers" / shot).is_file() for shot in shots)
+    assert text.index("attention-layers/") < text.index("does not apply to the demo model")  # the maps come first

@@ -443,3 +443,17 @@ def test_plot_is_a_real_png(tmp_path):
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 10  # something was drawn
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["lr.png"]  # no temporary left behind
+
+
+def test_the_plot_limits_keep_the_raw_loss_in_view():
+    """The per-batch loss dips below and spikes above the smoothed curve: the y range shows it all up to
+    the smoothed minimum (after a divergence, the blow-up beyond it is still left out)."""
+    from xviz.train.lr_finder import _loss_limits
+
+    smoothed = np.array([2.0, 1.8, 1.5, 1.2, 1.0, 1.4, 3.0])
+    raw = np.array([2.3, 1.6, 1.7, 0.9, 0.7, 2.5, 9.0])
+    bottom, top = _loss_limits(smoothed, True, smoothed[[3, 4]], raw)
+    assert bottom < 0.7 and top > 2.3
+    assert top < 9.0  # the divergence after the minimum does not flatten the descent
+    bottom, top = _loss_limits(smoothed, False, smoothed[[3, 4]], raw)
+    assert bottom < 0.7 and top > 9.0

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from xviz.errors import XvizError
-from xviz.render import atomic_write, colorize, enlarge, grid, overlay, panel, save_png
+from xviz.render import atomic_write, colorize, enlarge, grid, overlay, panel, save_png, with_colorbar
 
 IMAGE = np.array([[(0, 0, 0), (255, 255, 255)],
                   [(11, 21, 31), (200, 101, 51)]], dtype=np.uint8)
@@ -129,14 +129,15 @@ def _assert_plausible_size(size, figsize, dpi):
 def test_panel_saved_as_png(tmp_path):
     heat = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
     fig = panel(_noise(16, 16), heat, title="bird 0.93")
-    assert len(fig.axes) == 3
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "heatmap", "overlay"]
+    assert len(fig.axes) == 4 and fig.axes[3].get_ylim() == (0.0, 1.0)  # the colourbar: 0 to 1
     path = save_png(fig, tmp_path / "out" / "panel.png", dpi=50)
     assert path == tmp_path / "out" / "panel.png"
     assert not plt.fignum_exists(fig.number)  # save_png closed it
     with Image.open(path) as img:
         assert img.format == "PNG"
         assert img.mode in ("RGB", "RGBA")
-        _assert_plausible_size(img.size, (9, 3.4), dpi=50)
+        _assert_plausible_size(img.size, (9.8, 3.4), dpi=50)  # three panels and the colourbar
         assert img.size[0] > 2 * img.size[1]  # three panels side by side
         pixels = np.asarray(img.convert("RGB"))
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # something was drawn
@@ -147,13 +148,13 @@ def test_grid_saved_as_png(tmp_path):
     images = [_noise(12, 12, seed) for seed in range(5)]
     heats = [np.full((12, 12), i / 4, dtype=np.float32) for i in range(5)]
     fig = grid(images, heats, titles=[f"img{i}" for i in range(5)], ncols=2)
-    assert len(fig.axes) == 6  # 3 rows x 2 columns, the last one blank
+    assert len(fig.axes) == 7  # 3 rows x 2 columns, the last one blank, and the colourbar
     path = save_png(fig, tmp_path / "grid.png", dpi=40)
     assert not plt.fignum_exists(fig.number)
     with Image.open(path) as img:
         assert img.format == "PNG"
         assert img.mode in ("RGB", "RGBA")
-        _assert_plausible_size(img.size, (2.6 * 2, 2.8 * 3), dpi=40)
+        _assert_plausible_size(img.size, (2.6 * 2 + 0.6, 2.8 * 3), dpi=40)
         assert img.size[1] > img.size[0]  # three rows of two
     assert sorted(os.listdir(tmp_path)) == ["grid.png"]
 
@@ -229,3 +230,41 @@ def test_atomic_write_success(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions, not mkstemp's 0600
+
+
+def test_signed_maps_default_to_a_diverging_colormap_white_at_zero():
+    """A signed attribution is drawn blue-white-red, zero white; a user's --cmap still wins."""
+    heat = np.array([[-1.0, 0.0, 1.0]], dtype=np.float32)
+    rgb = colorize(heat, None, signed=True)
+    assert rgb[0, 1].min() >= 250  # zero is white, not jet's green
+    assert rgb[0, 0, 2] > 200 and rgb[0, 0, 0] < 60 and rgb[0, 2, 0] > 200 and rgb[0, 2, 2] < 60  # blue, red
+    assert tuple(colorize(heat, "jet", signed=True)[0, 1]) == tuple(colorize(np.array([[0.5]]), "jet")[0, 0])
+    unsigned = colorize(np.array([[0.0, 1.0]], dtype=np.float32), None)
+    assert (unsigned == colorize(np.array([[0.0, 1.0]], dtype=np.float32), "jet")).all()
+
+
+def test_signed_panel_has_a_colourbar_from_minus_one_to_one():
+    heat = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)
+    fig = panel(_noise(8, 8), heat, signed=True)
+    bar = fig.axes[3]
+    assert bar.get_ylim() == (-1.0, 1.0) and list(bar.get_yticks()) == [-1, 0, 1]
+    plt.close(fig)
+
+
+def test_grid_has_one_colourbar_beside_the_overlays():
+    fig = grid([_noise(8, 8)] * 3, [np.ones((8, 8), np.float32)] * 3, ncols=3)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 3 and len(fig.axes) == 4
+    assert fig.axes[-1].get_position().x0 > max(ax.get_position().x1 for ax in images)  # beside, not over
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_with_colorbar_puts_the_colour_scale_right_of_the_overlay(signed):
+    picture = _noise(100, 80)
+    out = with_colorbar(picture, None, signed)
+    assert out.shape == (100, 130, 3) and (out[:, :80] == picture).all()
+    strip = out[:, 86]  # the colour strip: the top is the map's maximum, the bottom its minimum
+    low = -1.0 if signed else 0.0
+    assert (strip[0] == colorize(np.array([[1.0]]), None, signed)[0, 0]).all()
+    assert (strip[-1] == colorize(np.array([[low]]), None, signed)[0, 0]).all()

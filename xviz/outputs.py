@@ -18,7 +18,7 @@ import numpy as np
 
 from xviz.errors import XvizError
 from xviz.render import (DEFAULT_CMAP, DEFAULT_SIGNED_CMAP, atomic_write, colorize, enlarge, grid, layers_figure,
-                         overlay, panel, save_png)
+                         overlay, panel, save_png, with_colorbar)
 
 MAX_NAME_PART = 60  # characters of a class name kept in a file name
 _SUFFIXES = "png|npy|jpg|json|js|html"  # what explain and its report write, each through atomic_write
@@ -110,9 +110,10 @@ class OverlayWriter:
     several, the raw maps (``.npy``); and at the end one grid per method. ``overlays`` counts the
     overlays written so far; :meth:`rows` the table lines."""
 
-    def __init__(self, folder: Path, alpha: float = 0.5, cmap: str = DEFAULT_CMAP, panels: bool = False,
-                 grids: bool = False, raw: bool = False):
-        self.folder, self.alpha, self.cmap = Path(folder), alpha, cmap
+    def __init__(self, folder: Path, alpha: float = 0.5, cmap: str | None = None, panels: bool = False,
+                 grids: bool = False, raw: bool = False, colorbar: bool = False):
+        self.folder, self.alpha, self.cmap = Path(folder), alpha, cmap  # None: jet, or bwr for signed maps
+        self.colorbar = colorbar  # overlays get a colour scale on their right
         self.panels, self.grids, self.raw = panels, grids, raw
         self.overlays = 0
         self.rows: list[list[str]] = []
@@ -144,7 +145,9 @@ class OverlayWriter:
         target_name = exp.target_names[i][k]
         base = self.folder / output_name(stem, exp.method, k, exp.topk, target_name, layer)
         heat = exp.maps[i, k]
-        written = save_png(enlarge(overlay(view, heat, self.alpha, self.cmap, exp.signed)), f"{base}.png")
+        picture = enlarge(overlay(view, heat, self.alpha, self.cmap, exp.signed))
+        picture = with_colorbar(picture, self.cmap, exp.signed) if self.colorbar else picture
+        written = save_png(picture, f"{base}.png")
         self.overlays += 1
         output = {"method": exp.method, "layer": exp.layer, "per_layer": layer is not None, "target": target_name,
                   "prob": float(exp.scores[i, k]), "rank": k + 1, "overlay": written.name, "panel": None}
@@ -168,7 +171,7 @@ class OverlayWriter:
         records, self.records = self.records, []
         return records
 
-    def write_grids(self, columns: int = 6) -> list[tuple[Path, int]]:
+    def write_grids(self, columns: int = 3) -> list[tuple[Path, int]]:
         """One grid of all overlays per method: ``[(path, overlays in it)]``."""
         out = []
         for method, (views, heats, titles, signed) in self._gallery.items():

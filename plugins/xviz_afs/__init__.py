@@ -78,4 +78,40 @@ def xviz_register_commands(subparsers):
     p.add_argument("--out", help="where to write (default: masked.pt beside the checkpoint)")
     p.set_defaults(func=lazy("xviz_afs.report:cmd_update"))
 
+    p = subparsers.add_parser("afs-diagram", help="AFDS: draw one AFS gate (conv, BN, predictor, winner-take-all, "
+                                                  "s / m masks) from a gated network's modules")
+    p.add_argument("--model", default="afs_resnet18", help="a gated model (default: afs_resnet18)")
+    p.add_argument("--checkpoint", help="draw the gate of this checkpoint instead (its masks included)")
+    p.add_argument("--ratio", type=float, help="keep ratio d of --model (default: the model's)")
+    p.add_argument("--layer", help="the gated conv (default: the first)")
+    p.add_argument("--out", default="afs_gate.png", help="the PNG to write")
+    p.set_defaults(func=lazy("xviz_afs.figures:cmd_diagram"))
+
+    def measured(p):
+        p.add_argument("--data", help="dataset to measure on (default: the one the checkpoint was trained on)")
+        p.add_argument("--data-root", help="root folder of --data")
+        p.add_argument("--limit", type=int, help="the masks' statistics from the first N training images (afs-sweep: "
+                       "and only the first N test images)")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--thres-s", type=float, default=0.5, help="afs-update's variance threshold for s")
+
+    p = subparsers.add_parser("afs-compare", help="AFDS: test accuracy and MACs of gated runs (e.g. one per "
+                                                  "regulariser), before and after afs-update (a masked checkpoint: "
+                                                  "its own masks), as a table")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoints of gated models")
+    measured(p)
+    p.add_argument("--thres-m", type=float, default=0.5, help="afs-update's threshold for m")
+    p.add_argument("--out", default="afs-compare", help="output folder (afs_compare.png, afs_compare.csv)")
+    p.set_defaults(func=lazy("xviz_afs.figures:cmd_compare"))
+
+    p = subparsers.add_parser("afs-sweep", help="AFDS: accuracy against MACs as the keep ratio d and the m "
+                                                "threshold vary, on one trained gated network")
+    p.add_argument("--checkpoint", required=True, help="a run folder or checkpoint of a gated model")
+    measured(p)
+    p.add_argument("--ratios", default="0.25,0.5,0.75,1", help="keep ratios d (default: 0.25,0.5,0.75,1)")
+    p.add_argument("--thres-m", default="0.5,1,1.5", help="m thresholds (default: 0.5,1,1.5)")
+    p.add_argument("--out", default="afs-sweep", help="output folder (accuracy_macs.png, sweep.csv)")
+    p.set_defaults(func=lazy("xviz_afs.figures:cmd_sweep"))
+
+
 __getattr__ = attributes_of("xviz_afs.models")  # e.g. xviz_afs.build(18, 10), imported on first use

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from xviz.errors import XvizError
-from xviz.render import atomic_write, overlay, save_png
+from xviz.render import add_colorbar, atomic_write, overlay, save_png
 
 from xviz_afs.gates import channel_stats, gates, recording, require_gates, update_masks
 from xviz_afs.sparse import estimate_macs, output_sizes
@@ -33,10 +33,10 @@ def importance_figure(stats: dict, title: str = ""):
     for i, n in enumerate(names):
         v = stats[n]["importance"].numpy()
         grid[i, : len(v)] = v / v.max() if v.max() > 0 else v
-    fig, ax = plt.subplots(figsize=(10, 0.28 * len(names) + 1.6))
+    fig, ax = plt.subplots(figsize=(7.2, 0.3 * len(names) + 1.6))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=8.5)
     ax.set_xlabel("output channel")
     ax.set_title(title or "AFS channel importance (mean over images, per layer / its maximum)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
@@ -51,7 +51,7 @@ def kept_figure(stats: dict, ratios: dict, title: str = ""):
     names = list(stats)
     kept = [float(stats[n]["kept"].mean()) for n in names]
     masked = [float(1 - stats[n]["m"].mean()) for n in names]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
     x = np.arange(len(names))
     ax.bar(x, kept, color="#3b7dd8", label="computed (kept by winner-take-all and m)")
     ax.bar(x, masked, bottom=[1 - m for m in masked], color="#bbbbbb", label="masked (m = 0)")
@@ -59,11 +59,11 @@ def kept_figure(stats: dict, ratios: dict, title: str = ""):
     for i, k in enumerate(kept):
         if k == 0:
             ax.text(i, 0.02, "skipped", rotation=90, ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, names, rotation=70, ha="right", fontsize=7)
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8.5)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction of channels")
-    ax.set_title(title or "channels computed per gated layer", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title or "channels computed per gated layer", fontsize=10, pad=30)
+    ax.legend(fontsize=8.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)  # above the bars
     fig.tight_layout()
     return fig
 
@@ -84,20 +84,24 @@ def top_channels_figure(image: np.ndarray, records: dict, layer: str, top: int =
     import matplotlib.pyplot as plt
 
     chosen = top_channels(records, layer, top)
-    fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(1.9 * (len(chosen) + 1), 2.3))
-    axes = np.atleast_1d(axes)
+    ncols = min(3, len(chosen) + 1)  # rows of three: legible at a page's width (~700 px)
+    nrows = -(-(len(chosen) + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.45 * nrows + 0.3), squeeze=False)
+    axes = axes.ravel()
     axes[0].imshow(image)
-    axes[0].set_title("image", fontsize=8)
+    axes[0].set_title("image", fontsize=10)
     for ax, (c, importance, fired) in zip(axes[1:], chosen):
         m = fired.numpy()
         m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
         ax.imshow(overlay(image, m, alpha=0.5))
-        ax.set_title(f"ch {c}: {importance:.2f}", fontsize=8)
+        ax.set_title(f"channel {c}: h = {importance:.2f}", fontsize=10)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title or (f"{layer}: top kept channels (importance)" if chosen
-                           else f"{layer}: no channel reaches the output (all masked or dropped)"), fontsize=9)
+    fig.suptitle(title or (f"{layer}: top kept channels (importance h)" if chosen
+                           else f"{layer}: no channel reaches the output (all masked or dropped)"), fontsize=11)
     fig.tight_layout()
+    if chosen:
+        add_colorbar(fig, axes[: len(chosen) + 1])
     return fig
 
 

@@ -97,7 +97,7 @@ def cmd_explain(args) -> int:
     remove_temporaries(out)
     stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))
     one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
-    writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw)
+    writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw, args.colorbar)
     settings = _settings(args, model, methods)
     labels = read_labels(args.labels) if args.labels else {}
     if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
@@ -159,7 +159,9 @@ def xviz_register_commands(subparsers):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay (0-1)")
-    p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: jet)")
+    p.add_argument("--cmap", help="matplotlib colormap (default: jet; bwr, centred on zero, for signed attributions)")
+    p.add_argument("--colorbar", action="store_true", help="draw a colour scale beside each overlay (panels, grids "
+                   "and per-layer figures always have one)")
     p.add_argument("--panel", action="store_true", help="also write image | heatmap | overlay panels")
     p.add_argument("--grid", action="store_true", help="also write one grid of all overlays per method")
     p.add_argument("--save-raw", action="store_true", help="also write the raw feature-size maps as .npy")

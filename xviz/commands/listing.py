@@ -3,11 +3,13 @@ plugins' declarations (no torch); ``xviz layers``: a model's layers (builds the 
 
 from __future__ import annotations
 
+import random
 import warnings
 
 from xviz import hookimpl
 from xviz.commands import add_model_flags, model_arguments
 from xviz.console import table
+from xviz.errors import XvizError
 
 
 def _warn_clashes(found) -> None:
@@ -49,9 +51,53 @@ def cmd_datasets(args) -> int:
     from xviz import registry
 
     specs = registry.datasets(args.pm)
+    if args.mosaic:
+        return write_mosaics(args, specs)
     print(table([[n, len(s.class_names) or "?", s.summary] for n, s in sorted(specs.items())],
                 ["dataset", "classes", "summary"]))
     _warn_clashes(specs)
+    return 0
+
+
+def dataset_mosaic(name: str, split: str, root, count: int, pm):
+    """A figure of ``count`` images drawn at random (seed 0) from dataset ``name``'s ``split``, titled with their classes."""
+    from xviz.datasets import load_dataset
+    from xviz.render import mosaic_figure
+
+    dataset, spec = load_dataset(name, split, root=root, pm=pm, transform=lambda image: image)
+    if not len(dataset):
+        raise XvizError(f"dataset `{name}` ({split}) holds no images")
+    classes = list(getattr(dataset, "classes", None) or spec.class_names)
+    pictures, titles = [], []
+    for index in sorted(random.Random(0).sample(range(len(dataset)), min(count, len(dataset)))):
+        image, label = dataset[index]
+        pictures.append(image.convert("RGB"))
+        titles.append(str(classes[label]) if label < len(classes) else str(label))
+    return mosaic_figure(pictures, titles, f"{name} ({split}): {count} of {len(dataset):,} images")
+
+
+def write_mosaics(args, specs) -> int:
+    """``xviz datasets --mosaic DIR``: ``mosaic_NAME.png`` per dataset; those whose files are missing are
+    named, with what they need, and the command fails only when none could be drawn."""
+    from pathlib import Path
+
+    from xviz.render import save_png
+
+    names = [n.strip() for n in (args.dataset or ",".join(sorted(specs))).split(",") if n.strip()]
+    drawn, missing = [], []
+    for name in names:
+        try:
+            figure = dataset_mosaic(name, args.split, args.data, args.count, args.pm)
+        except XvizError as exc:
+            missing.append(f"{name}: {str(exc).splitlines()[0]}")
+            continue
+        drawn.append(str(save_png(figure, Path(args.mosaic) / f"mosaic_{name}.png")))
+    for line in missing:
+        print(f"not drawn: {line}")
+    if drawn:
+        print("wrote " + ", ".join(drawn))
+    if not drawn:
+        raise XvizError("no dataset could be drawn: " + "; ".join(missing))
     return 0
 
 
@@ -86,7 +132,13 @@ def xviz_register_commands(subparsers):
     p = subparsers.add_parser("models", help="list models")
     p.add_argument("--classes", metavar="MODEL", help="print the class names of MODEL")
     p.set_defaults(func=cmd_models)
-    subparsers.add_parser("datasets", help="list datasets").set_defaults(func=cmd_datasets)
+    p = subparsers.add_parser("datasets", help="list datasets; --mosaic DIR draws sample images of each")
+    p.add_argument("--mosaic", metavar="DIR", help="write mosaic_NAME.png (sample images and their classes) per dataset")
+    p.add_argument("--dataset", metavar="A,B", help="the datasets to draw (default: all registered)")
+    p.add_argument("--data", metavar="ROOT", help="root folder of the datasets' files")
+    p.add_argument("--split", default="train", help="split to draw from (default: train)")
+    p.add_argument("--count", type=int, default=12, help="images per mosaic (default: 12)")
+    p.set_defaults(func=cmd_datasets)
     subparsers.add_parser("plugins", help="list plugins, where they come from, their versions").set_defaults(
         func=cmd_plugins)
     p = subparsers.add_parser("layers", help="list a model's layers with spatial outputs")

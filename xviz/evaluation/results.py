@@ -116,9 +116,10 @@ class Results:
 
         return save_png(fig, path)
 
-    def sanity_figure(self, path, title: str = "") -> Path:
-        """A few images; per method (in ranking order) its map of the trained model and of the model with
-        randomised top layers, with their Spearman correlation."""
+    def sanity_figure(self, path, title: str = "", images: int = 3) -> Path:
+        """A few images (the top row); below, one row per method (in ranking order): for each image its map
+        of the trained model and of the model with randomised top layers, with their Spearman correlation.
+        At most ``images`` images, two columns each: legible at a page's width however many methods."""
         import matplotlib.pyplot as plt
 
         from xviz.render import overlay, save_png
@@ -127,23 +128,28 @@ class Results:
         if not ex.get("maps"):
             raise XvizError("no sanity-check maps to draw: evaluate with the `sanity` metric")
         methods = [r.method for r in self.rows if r.method in ex["maps"]]
-        n, cols = len(ex["images"]), 1 + 2 * len(methods)
-        fig, axes = plt.subplots(n, cols, figsize=(1.45 * cols, 1.55 * n + 0.5), squeeze=False)
-        for i, image in enumerate(ex["images"]):
-            axes[i, 0].imshow(image)
-            axes[i, 0].set_title(ex["labels"][i], fontsize=7)
-            for j, m in enumerate(methods):
+        n = min(images, len(ex["images"]))
+        fig, axes = plt.subplots(1 + len(methods), 2 * n, figsize=(1.0 * 2 * n + 0.9, 1.08 * (1 + len(methods)) + 0.5),
+                                 squeeze=False)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+        for i, image in enumerate(ex["images"][:n]):
+            axes[0, 2 * i].imshow(image)
+            axes[0, 2 * i].set_title(ex["labels"][i], fontsize=9)
+            axes[0, 2 * i + 1].text(0.05, 0.5, "left: trained\nright: randomised\n(rho: Spearman)", fontsize=7.5,
+                                    va="center", transform=axes[0, 2 * i + 1].transAxes)
+            for j, m in enumerate(methods, 1):
                 trained, randomised = ex["maps"][m][0][i], ex["maps"][m][1][i]
                 rho = spearman(np.abs(trained[None]) if ex["signed"][m] else trained[None],
                                np.abs(randomised[None]) if ex["signed"][m] else randomised[None])[0]
-                for c, (heat, what) in enumerate(((trained, m), (randomised, f"randomised, rho {rho:.2f}"))):
-                    ax = axes[i, 1 + 2 * j + c]
-                    ax.imshow(overlay(image, heat, 0.5, "jet", ex["signed"][m]))
-                    ax.set_title(what, fontsize=6.5)
-        for ax in axes.flat:
-            ax.axis("off")
-        fig.suptitle(title or "model-randomisation check: each method's map, trained vs randomised top layers",
-                     fontsize=9)
+                axes[j, 2 * i].imshow(overlay(image, trained, 0.5, None, ex["signed"][m]))
+                axes[j, 2 * i + 1].imshow(overlay(image, randomised, 0.5, None, ex["signed"][m]))
+                axes[j, 2 * i + 1].set_title(f"rho {rho:.2f}", fontsize=8.5, pad=2)
+        for j, m in enumerate(methods, 1):
+            axes[j, 0].set_ylabel(m, fontsize=9.5, rotation=0, ha="right", va="center")
+        fig.suptitle(title or "model-randomisation check: trained vs randomised top layers", fontsize=11)
         fig.tight_layout()
         return save_png(fig, path)
 

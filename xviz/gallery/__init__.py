@@ -5,7 +5,7 @@ The gallery has two kinds of pages, both generated:
 * **method pages**, one per method in the registry (:func:`xviz.registry.methods`): its summary,
   reference, definition (the class docstring) and overlays on the bundled demo model for the
   sample images. A third-party plugin's method gets its page by being installed.
-* **figure pages**, one per entry of :data:`FIGURES`: each figure the source documents show,
+* **figure pages**, one per entry of ``FIGURES`` (gathered in ``figures.py`` from the modules beside it): each figure the source documents show,
   reproduced with xviz commands (training runs included) on the synthetic dataset, or on the real
   datasets when ``--data`` points at them. An entry *is* its list of commands: the generator runs
   exactly them, in-process, and the page shows them as "reproduce with". An entry whose method or
@@ -25,17 +25,21 @@ import sys
 from pathlib import Path
 
 from xviz.errors import XvizError
-from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, FIGURES, Figure, Setting, Step
-from xviz.gallery.pages import FigureResult, MethodResult, figure_page, method_page, run_xviz, write_index
+from xviz.gallery.figures import DEFAULT_RUNS, DEFAULT_SAMPLES, Figure, Setting, Step
+from xviz.gallery.figures import FIGURES
+from xviz.gallery.pages import (FigureResult, MethodResult, existing_method, figure_page, method_page, run_xviz,
+                                write_index)
 
 __all__ = ["FIGURES", "Figure", "Setting", "Step", "generate", "run_xviz"]
 
 
+
 def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=None, figures=True,
-             only: list[str] | None = None) -> tuple[list[MethodResult], list[FigureResult]]:
+             only: list[str] | None = None, pages_only: bool = False) -> tuple[list[MethodResult], list[FigureResult]]:
     """Write the gallery into ``out``: ``index.md``, ``methods/NAME.md`` for every registered method and
     ``figures/SLUG.md`` for every entry of :data:`FIGURES` (``figures=False``: keep the figure pages
-    already there; ``only``: regenerate just these figures)."""
+    already there; ``only``: regenerate just these figures, and keep the method pages; ``pages_only``: rewrite their pages from the
+    pictures already there, without running their commands)."""
     from tqdm import tqdm
 
     from xviz import registry
@@ -61,10 +65,14 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
     wanted = {f.slug for f in FIGURES if not missing[f.slug] and figures and (not only or f.slug in only)}
     available = [f for f in FIGURES if not missing[f.slug]
                  and (f.slug in wanted or (out / "figures" / f"{f.slug}.md").is_file())]
-    shutil.rmtree(out / "methods", ignore_errors=True)  # a method no longer registered loses its page
-    method_results = []
-    for name, method in tqdm(sorted(found.items()), desc="gallery: methods", unit="method", file=sys.stderr):
-        method_results.append(method_page(method, found.plugins[name], out, sample_paths, sample_arg, pm, available))
+    if only:  # one figure: the method pages stay as they are
+        method_results = [existing_method(method, found.plugins[name], out) for name, method in sorted(found.items())]
+    else:
+        shutil.rmtree(out / "methods", ignore_errors=True)  # a method no longer registered loses its page
+        method_results = []
+        for name, method in tqdm(sorted(found.items()), desc="gallery: methods", unit="method", file=sys.stderr):
+            method_results.append(method_page(method, found.plugins[name], out, sample_paths, sample_arg, pm,
+                                              available))
 
     figure_results = []
     for fig in FIGURES:
@@ -74,9 +82,11 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
             page = out / "figures" / f"{fig.slug}.md"
             page.unlink(missing_ok=True)
             shutil.rmtree(out / "figures" / fig.slug, ignore_errors=True)
+        elif fig.slug in wanted and pages_only and not (out / "figures" / f"{fig.slug}.md").is_file():
+            result = FigureResult(fig)  # never drawn: nothing to rewrite, the index says how to make it
         elif fig.slug in wanted:
             Path(setting.page).mkdir(parents=True, exist_ok=True)
-            result = figure_page(fig, out, setting, pm)
+            result = figure_page(fig, out, setting, pm, run=not pages_only)
             print(f"gallery: wrote {out / result.page} ({result.seconds:.0f} s)", file=sys.stderr)
         elif (out / "figures" / f"{fig.slug}.md").is_file():
             result = FigureResult(fig, page=f"figures/{fig.slug}.md", images=fig.images(setting))

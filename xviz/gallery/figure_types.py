@@ -60,6 +60,7 @@ class Figure:
     note: str = ""
     source: str = ""
     reproduction: str = ""
+    tables: tuple[str, ...] = ()
 
 
 def pick_images(data: str, count: int, pattern: str = "CUB_200_2011/images") -> list[str]:

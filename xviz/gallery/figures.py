@@ -8,7 +8,7 @@ from pathlib import Path
 from xviz.gallery.figure_types import (DEFAULT_RUNS, DEFAULT_SAMPLES, DEMO_MODEL, PANEL_SAMPLE,  # noqa: F401
                                        Figure, Setting, Step)
 from xviz.gallery.figure_types import pick_images as _pick_images
-from xviz.gallery import finetune_figures, ltpa_figures
+from xviz.gallery import afds_figures, finetune_figures, ltpa_figures
 from xviz.gallery.ltpa_figures import attention_run as _attention_run
 
 # the four attempts of the source documents' CUB experiments on a transfer proxy: the demo model's
@@ -100,7 +100,8 @@ def _afs_steps(s: Setting) -> list[Step]:
             Step(["afs-update", "--checkpoint", gated, "--out", f"{gated}/masked.pt"]),
             Step(["afs-report", "--checkpoint", f"{gated}/masked.pt", "--out", s.page]),
             Step(["explain", "--checkpoint", f"{gated}/masked.pt", "--method", "afs-channels", "--out", s.page,
-                  *s.sample("winged")])]
+                  *s.sample("winged")]),
+            Step(["afs-compare", f"{gated}/masked.pt", "--out", s.page])]
 
 
 FIGURES: list[Figure] = [
@@ -181,7 +182,7 @@ FIGURES: list[Figure] = [
         "gate keeps fire.",
         _afs_steps, lambda s: ["channel_importance.png", "kept_fraction.png", "top_channels.png",
                                "winged_afs-channels_layers.png"], methods=("afs-channels",),
-        commands=("afs-update", "afs-report"),
+        commands=("afs-update", "afs-report", "afs-compare"), tables=("afs_compare.csv",),
     ),
 ]
-FIGURES += [*ltpa_figures.FIGURES, *finetune_figures.FIGURES]
+FIGURES += [*ltpa_figures.FIGURES, *finetune_figures.FIGURES, *afds_figures.AFDS_FIGURES]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xviz.errors import XvizError
+from xviz.gallery import catalogue, records
 from xviz.gallery.figures import DEMO_MODEL, PANEL_SAMPLE, Figure, Setting
 
 
@@ -113,7 +114,7 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
 
     ref = getattr(method, "reference", "") or ""
     lines = [f"# {name}", "", f"**{method.summary or 'no summary given'}**", "",
-             "| | |", "| --- | --- |",
+             "| property | value |", "| --- | --- |",
              f"| plugin | `{plugin}` ({pm.infos[plugin].source if plugin in pm.infos else 'registered in code'}) |",
              f"| reference | {f'<{ref}>' if ref.startswith('http') else (ref or '-')} |",
              f"| target layer | {'yes (`--layer`; default: the model' + chr(39) + 's)' if method.uses_layer else 'not needed'} |",
@@ -121,6 +122,8 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
     doc = method_doc(method)
     if doc:
         lines += ["## Definition", "", _md_docstring(doc), ""]
+    using = [f for f in figures if name in f.methods]
+    lines += [] if result.images else _figure_maps(name, using, out)  # its maps where it applies, first
     lines += ["## On the demo model", ""]
     if result.images:
         lines += [f"The bundled demo model (`{DEMO_MODEL}`, six classes that differ by one part) on the "
@@ -134,11 +137,33 @@ def method_page(method, plugin: str, out: Path, samples: list[Path], sample_arg:
     lines += ["```bash", shown(argv), "```", ""]
     if result.images and result.problem:
         lines += [f"(It also reported: `{result.problem}`.)", ""]
-    using = [f for f in figures if name in f.methods]
     if using:
         lines += ["## Figures using it", ""] + [f"- [{f.title}](../figures/{f.slug}.md)" for f in using] + [""]
     _write(out / result.page, "\n".join(lines))
     return result
+
+
+def existing_method(method, plugin: str, out: Path) -> MethodResult:
+    """A method's page as the gallery last wrote it (for the index, when only figures are redrawn)."""
+    result = MethodResult(method.name, plugin, f"methods/{_safe(method.name)}.md", method.summary or "")
+    folder = out / "methods" / _safe(method.name)
+    result.images = sorted((p.name for p in folder.glob("*.png")), key=lambda n: not n.startswith("grid_")) \
+        if folder.is_dir() else []
+    return result
+
+
+def _figure_maps(name: str, using: list[Figure], out: Path) -> list[str]:
+    """For a method the demo model cannot run: its maps as the figure pages using it show them, on the
+    network those figures train for it."""
+    lines = []
+    for fig in using:
+        folder = out / "figures" / fig.slug
+        shots = sorted(p.name for p in folder.glob(f"*_{name}_*.png")) if folder.is_dir() else []
+        if shots:
+            lines += [f"## On the network of [{fig.title}](../figures/{fig.slug}.md)", "",
+                      f"That figure's commands train a network `{name}` applies to; its maps there:", ""]
+            lines += [f"![{name}: {shot}](../figures/{fig.slug}/{shot})" for shot in shots] + [""]
+    return lines
 
 
 @dataclass
@@ -172,12 +197,12 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
     absent = [img for img in result.images if not (folder / img).is_file()]
     if absent:
         raise XvizError(f"figure `{fig.slug}`: its commands did not write {', '.join(absent)} into `{folder}`")
-    keep = set(result.images)
+    keep = {*result.images, *fig.tables, records.RECORD}
     for path in folder.iterdir():  # only the pictures shown are kept (and committed)
         if path.is_file() and path.name not in keep:
             path.unlink()
 
-    lines = [f"# {fig.title}", "", fig.description, ""]
+    lines = [f"# {fig.title}", "", *reproduction_box(fig, setting), fig.description, ""]
     lines += [f"![{fig.title}: {img}]({fig.slug}/{img})" for img in result.images]
     lines += ["", "## Reproduce with", ""]
     source = (f"on the real datasets under `{setting.data}`" if setting.data
@@ -185,26 +210,70 @@ def figure_page(fig: Figure, out: Path, setting: Setting, pm, run: bool = True) 
     lines += [f"Made by `xviz gallery` {source}, with exactly these commands:", "", "```bash"]
     lines += [shown(step.argv) for step in steps] + ["```", ""]
     trained = [step.run for step in steps if step.run]
+    records.write_records(folder, trained)  # the numbers docs pages may quote (xviz.gallery.records)
+    page = out / result.page
+    before = page.read_text() if page.is_file() else ""
     if trained:
         lines += ["Training runs are cached: `xviz gallery` resumes a run folder that already holds a checkpoint "
                   "(a finished run is reused as is). What they reached:", "",
                   "| run | epochs | best test accuracy | training time |", "| --- | --- | --- | --- |"]
-        lines += [_run_row(r) for r in trained] + [""]
+        lines += [_run_row(r, before) for r in trained] + [""]
+    kept = [t for t in fig.tables if (folder / t).is_file()]
+    if kept:
+        lines += ["The numbers behind it: " + ", ".join(f"[{t}]({fig.slug}/{t})" for t in kept), ""]
     if fig.methods:
         lines += ["Methods: " + ", ".join(f"[{m}](../methods/{_safe(m)}.md)" for m in fig.methods), ""]
     if fig.note:
         lines += [fig.note.format(runs=setting.runs), ""]
-    _write(out / result.page, "\n".join(lines))
+    _write(page, "\n".join(lines))
     return result
 
 
-def _run_row(run: str) -> str:
+def real_data_commands(fig: Figure, setting: Setting) -> list[str]:
+    """The commands that draw ``fig`` on the real datasets under ``ROOT`` (``[]`` when they depend on
+    the files there, e.g. images picked from the dataset)."""
+    real = Setting(setting.runs, setting.page, setting.samples, data="ROOT")
+    try:
+        return [shown(step.argv) for step in fig.steps(real)]
+    except (XvizError, OSError):
+        return []
+
+
+def reproduction_box(fig: Figure, setting: Setting) -> list[str]:
+    """The note at the top of a figure page: the document figure it reproduces, on what data and how
+    faithfully, and the command for the real dataset."""
+    row = catalogue.row_for(fig)
+    source = fig.source or (row.source if row else "")
+    differs = (fig.reproduction or (row.why if row else "")).strip()
+    differs = differs[:1].upper() + differs[1:] if differs else ""
+    differs = differs if not differs or differs.endswith(".") else differs + "."
+    title = f"Reproduces {source}" if source else "How this figure is made"
+    real = real_data_commands(fig, setting)
+    same = real == [shown(step.argv) for step in fig.steps(setting)]
+    if setting.data:
+        data = f"Drawn on the real datasets under `{setting.data}`."
+    else:
+        data = "Drawn offline" + ("." if same else " on the synthetic part dataset (CPU minutes).")
+    body = [data + (" " + differs if differs else ""), ""]
+    if same:
+        body.append("The commands below do not change with the real datasets (`--data ROOT`).")
+    elif not setting.data:
+        body.append(f"On the real dataset: `xviz gallery --figure {fig.slug} --data ROOT`"
+                    + (", which runs:" if real else " (it picks images from the dataset)."))
+        body += ["", "```bash", *real, "```"] if real else []
+    return [f'!!! info "{title}"', "", *[("    " + line).rstrip() for line in body], ""]
+
+
+def _run_row(run: str, before: str = "") -> str:
+    """The run table's row for ``run``; when its folder is gone (a page rewritten without running its
+    commands), the row the page had before."""
     from xviz.train.history import read_history
 
     try:
         rows = read_history(run)
     except XvizError:
-        return f"| `{Path(run).name}` | ? | ? | ? |"
+        kept = re.search(rf"^\| `{re.escape(Path(run).name)}` \|.*$", before, re.M)
+        return kept.group(0) if kept else f"| `{Path(run).name}` | ? | ? | ? |"
     best = max((r.get("test_acc", 0.0) for r in rows), default=0.0)
     seconds = sum(float(r.get("seconds", 0.0) or 0.0) for r in rows)
     return f"| `{Path(run).name}` | {len(rows)} | {100 * best:.2f} % | {seconds / 60:.1f} min |"
@@ -227,24 +296,29 @@ def write_index(out: Path, methods: list[MethodResult], figures: list[FigureResu
         summary = m.summary.replace("|", "\\|")
         lines.append(f"| [{m.name}]({m.page}) | `{m.plugin}` | {summary} | {picture} |")
     lines += ["", "## Figures of the source documents", "",
-              "Each figure the source documents show, reproduced with xviz's training subsystem "
-              + ("on the real datasets." if setting.data else
-                 "on the synthetic part dataset (small settings, CPU minutes); `xviz gallery --data ROOT` "
-                 "reproduces them on the real datasets."), "",
-              "| figure | |", "| --- | --- |"]
-    for f in figures:
-        if f.missing:
-            lines.append(f"| {f.figure.title} | pending: {', '.join(f'`{x}`' for x in f.missing)} "
-                         "is not registered yet |")
+              "Every figure of the five source documents, and where the gallery stands on it: *reproduced on "
+              "synthetic data* (drawn offline by the commands its page shows, on the synthetic part dataset; "
+              "`xviz gallery --data ROOT` draws it on the real dataset), *needs the real dataset* (nothing "
+              "offline shows the document's effect) or *not reproducible offline* (it needs something that "
+              "cannot be downloaded here). Each page says at its top what matches the document and what does "
+              "not.", "",
+              "| document figure | gallery page | status | what differs, or why not |", "| --- | --- | --- | --- |"]
+    for source, f, status, why in catalogue.rows(figures):
+        if f is None:
+            page = "-"
+        elif f.missing:
+            page = f"pending: {', '.join(f'`{x}`' for x in f.missing)} is not registered yet"
         elif not f.page:
-            lines.append(f"| {f.figure.title} | not generated yet: `xviz gallery --figure {f.figure.slug}` "
-                         "(trains its runs) |")
+            page = f"not generated yet: `xviz gallery --figure {f.figure.slug}`"
         else:
-            lines.append(f"| [{f.figure.title}]({f.page}) | {_thumb(f'figures/{f.figure.slug}/{f.images[0]}', f.figure.title)} |")
+            page = f"[{f.figure.title}]({f.page})<br>{_thumb(f'figures/{f.figure.slug}/{f.images[0]}', f.figure.title)}"
+        cell = " ".join(why.replace("|", "\\|").split())
+        lines.append(f"| {source} | {page} | {status} | {cell or '-'} |")
     lines += ["", "## Regenerating", "", "```bash",
               "xviz gallery --out docs/gallery                 # method pages, then figure pages (trains missing runs)",
               "xviz gallery --out docs/gallery --methods-only  # method pages only (seconds)",
-              "xviz gallery --out docs/gallery --figure attempts   # one figure page",
+              "xviz gallery --out docs/gallery --figure attempts   # one figure page (method pages kept)",
+              "xviz gallery --out docs/gallery --figure attempts --pages-only  # rewrite its page, run nothing",
               "xviz gallery --out docs/gallery --data ~/data   # figures on the real datasets",
               "```", "",
               "Training runs are cached in `--runs` (default `runs/gallery`): a run folder that holds a checkpoint "
@@ -258,5 +332,8 @@ def write_index(out: Path, methods: list[MethodResult], figures: list[FigureResu
               "Figure pages are data: `xviz.gallery.FIGURES` lists each figure as a title, a description, the "
               "`xviz` commands that draw it (run in-process, exactly as shown) and the pictures they write. An "
               "entry whose methods or commands are not registered stays pending. Adding a figure is adding an "
-              "entry there.", ""]
+              "entry there. The document figures themselves are listed in `xviz/gallery/catalogue.py`, so "
+              "those without a page still have their row above. Each figure folder keeps `runs.json`, the "
+              "records of its training runs, and the tables its commands write: docs pages quote their "
+              "numbers from these (`xviz.gallery.records`), and the tests check every quote.", ""]
     _write(out / "index.md", "\n".join(lines))

@@ -278,7 +278,7 @@ def plot_lr_find(result: LRFinderResult, path, title: str | None = None) -> Path
 
     points = {name: int(np.argmin(np.abs(np.log(lrs) - math.log(lr))))
               for name, lr in (("steep", result.steep), ("valley", result.valley))}
-    ax.set_ylim(*_loss_limits(losses[keep], result.stopped_early, losses[list(points.values())]))
+    ax.set_ylim(*_loss_limits(losses[keep], result.stopped_early, losses[list(points.values())], raw[keep]))
     ax.ticklabel_format(axis="y", useOffset=False)
 
     # the curve falls to the right around both points: labels go above-right and below-left of it,
@@ -302,14 +302,21 @@ def plot_lr_find(result: LRFinderResult, path, title: str | None = None) -> Path
     return save_png(fig, path)
 
 
-def _loss_limits(y: np.ndarray, stopped_early: bool, marked: np.ndarray) -> tuple[float, float]:
+def _loss_limits(y: np.ndarray, stopped_early: bool, marked: np.ndarray,
+                 raw: np.ndarray | None = None) -> tuple[float, float]:
     """y limits that keep the blow-up at the end from flattening the descent: after a divergence the
     top is the highest loss before the minimum, raised to show at least a quarter of the rise; the
-    marked points are always inside."""
+    marked points are always inside, and so is the raw (per-batch) loss ``raw`` (aligned with ``y``)
+    up to the smoothed minimum (all of it when the test did not diverge)."""
     lowest, bottom, highest = int(np.argmin(y)), float(np.min(y)), float(np.max(y))
     top = highest
     if stopped_early:
         top = max(float(np.max(y[: lowest + 1])), bottom + 0.25 * (highest - bottom))
+    if raw is not None:
+        shown = raw[: lowest + 1] if stopped_early else raw
+        shown = shown[np.isfinite(shown)]
+        if shown.size:
+            top, bottom = max(top, float(shown.max())), min(bottom, float(shown.min()))
     marked = marked[np.isfinite(marked)]
     if marked.size:
         top, bottom = max(top, float(marked.max())), min(bottom, float(marked.min()))
