@@ -63,8 +63,9 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
     missing = {f.slug: [m for m in f.methods if m not in found] + [c for c in f.commands if c not in commands]
                for f in FIGURES}
     wanted = {f.slug for f in FIGURES if not missing[f.slug] and figures and (not only or f.slug in only)}
+    drawn = {f.slug for f in FIGURES if (out / "figures" / f"{f.slug}.md").is_file()}
     available = [f for f in FIGURES if not missing[f.slug]
-                 and (f.slug in wanted or (out / "figures" / f"{f.slug}.md").is_file())]
+                 and (f.slug in drawn or (f.slug in wanted and not pages_only))]
     if only:  # one figure: the method pages stay as they are
         method_results = [existing_method(method, found.plugins[name], out) for name, method in sorted(found.items())]
     else:
@@ -82,7 +83,7 @@ def generate(out, *, pm=None, samples=DEFAULT_SAMPLES, runs=DEFAULT_RUNS, data=N
             page = out / "figures" / f"{fig.slug}.md"
             page.unlink(missing_ok=True)
             shutil.rmtree(out / "figures" / fig.slug, ignore_errors=True)
-        elif fig.slug in wanted and pages_only and not (out / "figures" / f"{fig.slug}.md").is_file():
+        elif fig.slug in wanted and pages_only and fig.slug not in drawn:
             result = FigureResult(fig)  # never drawn: nothing to rewrite, the index says how to make it
         elif fig.slug in wanted:
             Path(setting.page).mkdir(parents=True, exist_ok=True)
