@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,12 @@ def floor_seconds(model: torch.nn.Module, layer: torch.nn.Module, batches: list[
     return time.perf_counter() - start
 
 
-def xviz_seconds(folder: Path, out: Path, args) -> float:
+def peak_rss_mib() -> float:
+    """The largest peak RSS of any finished child process (xviz, its decoding workers) so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def xviz_seconds(folder: Path, out: Path, args, count: int | None = None) -> float:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "xviz", "explain", "--model", args.model, "--weights", "none", "--method",
                "gradcam", "--layer", args.layer, "--batch-size", str(args.batch_size), "--out", str(out),
@@ -76,9 +82,9 @@ def xviz_seconds(folder: Path, out: Path, args) -> float:
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"xviz explain failed: {done.stderr[-2000:]}")
-    written = len(list(out.glob("*_gradcam.png")))
-    if written != args.images:
-        sys.exit(f"xviz explain wrote {written} overlays for {args.images} images")
+    written = len(list(out.glob("*_gradcam.*")))
+    if written != (count or args.images):
+        sys.exit(f"xviz explain wrote {written} overlays for {count or args.images} images")
     return seconds
 
 
@@ -109,7 +115,13 @@ def main() -> None:
           f"xviz flags: `{args.flags or '(none)'}`")
     print(f"{'round':>5} {'floor s':>8} {'xviz s':>8} {'floor img/s':>12} {'xviz img/s':>11} {'ratio':>6}")
     floors, xvizs = [], []
+    small = scratch / "small"
+    small.mkdir()
+    for path in paths[:100]:
+        (small / path.name).symlink_to(path.resolve())
     try:
+        xviz_seconds(small, scratch / "out", args, count=len(paths[:100]))
+        print(f"memory: peak RSS of xviz explain on {len(paths[:100])} images {peak_rss_mib():.0f} MiB", flush=True)
         with preserved_state(loaded.module) as model:
             layer = find_layer(model, args.layer)
             floor_seconds(model, layer, batches, args.batch_size, args.batch_size)  # warm-up
@@ -120,6 +132,7 @@ def main() -> None:
                       f"{args.images / xvizs[-1]:11.1f} {floors[-1] / xvizs[-1]:6.2f}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    print(f"memory: peak RSS of xviz explain on {args.images} images {peak_rss_mib():.0f} MiB (any process)")
     print(f"all rounds: xviz explain runs at {sum(floors) / sum(xvizs):.2f}x the compute-only rate "
           f"(target >= 0.8 on a 2-core CPU); load average after {os.getloadavg()[0]:.1f}")
 

@@ -110,7 +110,7 @@ def capture_layer(layer: nn.Module, keep_graph: bool = False):
             return [passed_on, *output[1:]]
         return passed_on
 
-    handle = layer.register_forward_hook(hook)
+    handle = layer.register_forward_hook(torch.compiler.disable(hook))  # torch.compile: runs eagerly
     try:
         yield captured
     finally:

@@ -170,7 +170,7 @@ def fuse_layer_maps(raws: Sequence[torch.Tensor], size: tuple[int, int], signed:
 
 def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, methods: Sequence[str | Method] = ("gradcam",),
                     *, layer: str | Sequence[str] | None = None, target=None, topk: int = 1, inputs_names: Sequence[str] = (),
-                    pm=None, fast: bool | Speed = False, compile: bool = False) -> list[Explanation]:
+                    pm=None, fast: bool | str | Speed = False, compile: bool = False) -> list[Explanation]:
     """Explain a batch of preprocessed images with each method; one Explanation per method (per layer
     for a method that returns maps of several layers, such as ``attention``).
 
@@ -182,7 +182,7 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     the maps are fused by :func:`fuse_layer_maps` into one Explanation whose ``layer`` is ``"a,b"`` and
     whose ``raw`` is the fused map at input size.
 
-    ``fast``: channels_last, and bf16 autocast where the device runs it faster (:mod:`xviz.fast`);
+    ``fast``: True (channels_last), ``"bf16"`` or ``"fp16"`` (also autocast): see :mod:`xviz.fast`;
     ``compile``: the forward pass through ``torch.compile``. A method with ``uses_input_gradient`` gets
     the gradient to the inputs from the same pass (``ctx.input_gradients``).
     """
@@ -384,7 +384,7 @@ def _preprocessing(preprocess):
 
 def explain_batches(model: LoadedModel | nn.Module, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
                     layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16,
-                    pm=None, skip_unreadable: bool = False, preprocess=None, class_names=None, fast: bool = False,
+                    pm=None, skip_unreadable: bool = False, preprocess=None, class_names=None, fast: bool | str = False,
                     compile: bool = False, workers: int | None = None) -> Iterator[Batch]:
     """Explain images (paths, PIL images, (H, W, 3) arrays or (3, H, W) tensors of pixels) with the
     model's own preprocessing, ``batch_size`` at a time: one :class:`Batch` per batch, all methods sharing
@@ -424,13 +424,13 @@ def explain_batches(model: LoadedModel | nn.Module, images: Sequence, methods: S
 
 def explain(model: LoadedModel | nn.Module, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
             layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None,
-            preprocess=None, class_names=None, fast: bool = False, compile: bool = False) -> list[Explanation]:
+            preprocess=None, class_names=None, fast: bool | str = False, compile: bool = False) -> list[Explanation]:
     """Explain images (paths, PIL images, arrays or tensors of pixels) with a loaded model or any
     ``nn.Module`` (``preprocess=``, ``class_names=``: see :func:`as_loaded`); one Explanation per method
     covering all images (the batches of :func:`explain_batches`, joined), holding the images as the
     model saw them for :meth:`Explanation.plot` and :meth:`Explanation.save`. ``fast=True``: the fast
-    path (:mod:`xviz.fast`: channels_last, bf16 autocast where faster), maps within 1e-2 of fp32;
-    ``compile=True``: the forward pass through ``torch.compile``."""
+    path (:mod:`xviz.fast`: channels_last; ``"bf16"``/``"fp16"``: also autocast), CAM maps within 1e-2 of
+    fp32; ``compile=True``: the forward pass through ``torch.compile``."""
     parts: list[list[Explanation]] = []
     views: list = []
     for batch in explain_batches(model, images, methods, layer=layer, target=target, topk=topk,

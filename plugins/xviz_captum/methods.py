@@ -160,6 +160,7 @@ class _GuidedReLUs:
             if torch.is_tensor(output) and output.requires_grad:
                 output.register_hook(self._clamp)
 
+        hook = torch.compiler.disable(hook)  # under torch.compile: runs eagerly, on the real tensors
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
         try:
             yield self

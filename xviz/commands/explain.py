@@ -146,7 +146,7 @@ def cmd_explain(args) -> int:
     if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
         write_settings(out, settings)
     batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
-                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True, fast=args.fast,
+                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True, fast=args.autocast or args.fast,
                               compile=args.compile, workers=args.workers)
     try:
         skipped = _write_all(args, batches, writer, paths, stems, one_folder, settings, out)
@@ -193,8 +193,10 @@ def xviz_register_commands(subparsers):
                    "side in the browser (filters, sort, full-size panels)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="overlay file format: png (default; "
                    "lossless, fast compression) or jpg (quality 90, smaller and faster to write)")
-    p.add_argument("--fast", action="store_true", help="the fast path: channels_last, and bf16 autocast on GPUs "
-                   "that support it (on a CPU channels_last only, as measured faster); maps within 1e-2 of fp32")
+    p.add_argument("--fast", action="store_true", help="the fast path: weights and inputs in channels_last "
+                   "(CAM maps within 1e-5 of fp32; see the performance page)")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="--fast plus the forward pass in this precision "
+                   "(faster on GPUs with tensor cores; maps can move by a few 1e-2)")
     p.add_argument("--compile", action="store_true", help="run the forward pass through torch.compile (the "
                    "first batch pays the compilation)")
     p.add_argument("--workers", type=int, help="processes decoding images while the model runs (default: up to "
