@@ -68,6 +68,12 @@ class LoadedBatch:
     inputs: torch.Tensor | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
+    def pin_memory(self, *args) -> "LoadedBatch":
+        """Page-locked inputs, for a fast copy to a GPU (what ``DataLoader(pin_memory=True)`` calls)."""
+        if self.inputs is not None:
+            self.inputs = self.inputs.pin_memory(*args)
+        return self
+
 
 class _Decoded(torch.utils.data.Dataset):
     """Input ``i`` as ``(name, view as a uint8 array, normalised tensor)``, or ``(name, why, None)``
