@@ -72,13 +72,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def xviz_seconds(folder: Path, out: Path, args, count: int | None = None) -> float:
+def xviz_seconds(folder: Path, out: Path, args, count: int | None = None, source: Path | None = None) -> float:
+    """Wall seconds of ``xviz explain`` on ``folder`` in a fresh process; ``source``: run the xviz (and
+    bundled plugins) of another source tree instead, e.g. an earlier version for a before/after."""
     shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), str(source / "plugins"), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "xviz", "explain", "--model", args.model, "--weights", "none", "--method",
                "gradcam", "--layer", args.layer, "--batch-size", str(args.batch_size), "--out", str(out),
                *args.flags.split(), str(folder)]
     start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"xviz explain failed: {done.stderr[-2000:]}")
@@ -97,6 +102,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--flags", default="", help="extra flags for xviz explain, e.g. '--format jpg'")
     parser.add_argument("--folder", type=Path, help="where the JPEGs are kept (default: a temporary folder)")
+    parser.add_argument("--before", type=Path, metavar="SRC", help="also time the xviz of this source tree (e.g. "
+                        "`git archive main | tar -x -C SRC`), interleaved, as a before/after")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from xviz.capture import find_layer, preserved_state
@@ -113,8 +120,9 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}; load average before {os.getloadavg()[0]:.1f}")
     print(f"{args.images} JPEGs 1024x768, {args.model} gradcam at `{args.layer}`, batch {args.batch_size}, "
           f"xviz flags: `{args.flags or '(none)'}`")
-    print(f"{'round':>5} {'floor s':>8} {'xviz s':>8} {'floor img/s':>12} {'xviz img/s':>11} {'ratio':>6}")
-    floors, xvizs = [], []
+    print(f"{'round':>5} {'floor s':>8} {'xviz s':>8} {'floor img/s':>12} {'xviz img/s':>11} {'ratio':>6}"
+          + (f" {'before s':>9} {'ratio':>6}" if args.before else ""))
+    floors, xvizs, befores = [], [], []
     small = scratch / "small"
     small.mkdir()
     for path in paths[:100]:
@@ -128,13 +136,18 @@ def main() -> None:
             for r in range(args.rounds):
                 floors.append(floor_seconds(model, layer, batches, args.images, args.batch_size))
                 xvizs.append(xviz_seconds(folder, scratch / "out", args))
+                if args.before:
+                    befores.append(xviz_seconds(folder, scratch / "out", args, source=args.before))
                 print(f"{r + 1:5d} {floors[-1]:8.1f} {xvizs[-1]:8.1f} {args.images / floors[-1]:12.1f} "
-                      f"{args.images / xvizs[-1]:11.1f} {floors[-1] / xvizs[-1]:6.2f}", flush=True)
+                      f"{args.images / xvizs[-1]:11.1f} {floors[-1] / xvizs[-1]:6.2f}"
+                      + (f" {befores[-1]:9.1f} {floors[-1] / befores[-1]:6.2f}" if args.before else ""), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"memory: peak RSS of xviz explain on {args.images} images {peak_rss_mib():.0f} MiB (any process)")
     print(f"all rounds: xviz explain runs at {sum(floors) / sum(xvizs):.2f}x the compute-only rate "
           f"(target >= 0.8 on a 2-core CPU); load average after {os.getloadavg()[0]:.1f}")
+    if args.before:
+        print(f"before: {sum(floors) / sum(befores):.2f}x the compute-only rate ({args.before})")
 
 
 if __name__ == "__main__":
