@@ -157,6 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rss-child", nargs=2, metavar=("IMPL", "N"))
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--methods", help="only these methods (comma-separated), and no memory section")
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]))
@@ -168,11 +169,13 @@ def main() -> None:
 
     lines = [f"torch {torch.__version__}, captum {captum.__version__}, {torch.get_num_threads()} threads, "
              f"{platform.processor() or platform.machine()}", ""]
-    lines += speed("xviz-demo", 64, 4, all_names, "features") + [""]
+    names = args.methods.split(",") if args.methods else all_names
+    lines += speed("xviz-demo", 64, 4, names, "features") + [""]
     if not args.skip_resnet:
-        lines += speed("resnet18", 112, 2, ["integrated-gradients", "saliency", "guided-backprop", "guided-gradcam"],
-                       "layer4") + [""]
-    lines += rss()
+        lines += speed("resnet18", 112, 2, [n for n in ["integrated-gradients", "saliency", "guided-backprop",
+                                                        "guided-gradcam"] if n in names], "layer4") + [""]
+    if not args.methods:
+        lines += rss()
     print("\n".join(lines))
 
 
