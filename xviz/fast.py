@@ -85,7 +85,12 @@ _COMPILED: dict[int, tuple[nn.Module, nn.Module]] = {}
 
 
 def compiled(module: nn.Module) -> nn.Module:
-    """``torch.compile(module)``, made once per module in this process."""
+    """``torch.compile(module)``, made once per module in this process (with buffer donation of compiled
+    backwards turned off for the process: xviz's gradient calls may share one graph)."""
+    from torch._functorch import config as functorch_config
+
+    # several gradient calls share one graph (retain_graph): compiled backwards must not donate buffers
+    functorch_config.donated_buffer = False
     key = id(module)
     if key not in _COMPILED or _COMPILED[key][0] is not module:
         _COMPILED[key] = (module, torch.compile(module))
