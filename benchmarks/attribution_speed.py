@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/attribution_speed.py > benchmarks/attribution_speed_cpu.txt
 
 1. Time per image (median of 3 runs) of each xviz method (``explain_tensors``: its shared forward pass
-   that picks the targets, then captum) next to the same captum call made directly on the same model,
-   input, targets and parameters (targets given, so captum pays no forward for them). Ratio side by side.
+   that picks the targets, then captum, or for saliency, guided backprop and guided GradCAM the gradients
+   of that same pass) next to the same captum call made directly on the same model, input, targets and
+   parameters (targets given, so captum pays no forward for them). Ratio side by side. Last row: gradcam
+   and the three input-gradient methods in one xviz call against the four captum calls.
 2. Peak resident memory (VmHWM reset before the call, else ``ru_maxrss``) of integrated gradients (50 steps, internal batch 32) at batch
    1, 16 and 64, each measured in a fresh subprocess: xviz, and captum's own ``internal_batch_size=32``
    (which never splits the examples, so at batch 64 it sends 64 x 1 step at a time).
@@ -53,6 +55,8 @@ def captum_direct(name: str, model, x, t, layer: str):
     if name == "guided-gradcam":
         return attr.GuidedGradCam(model, find_layer(model, layer)).attribute(x, target=t,
                                                                             interpolate_mode="bilinear").sum(1)
+    if name == "gradcam":
+        return attr.LayerGradCam(model, find_layer(model, layer)).attribute(x, target=t, relu_attributions=True)
     if name == "occlusion":
         h = x.shape[-1]
         window = max(2, round(h / 8))
@@ -89,6 +93,12 @@ def speed(which: str, size: int, n: int, names: list[str], layer: str) -> list[s
         captum_s = median_time(lambda: captum_direct(name, model, x.clone(), t, layer))
         lines.append(f"{name:30s} {1000 * xviz_s / n:9.1f} {1000 * captum_s / n:9.1f} {xviz_s / captum_s:6.2f}")
         print(lines[-1], file=sys.stderr, flush=True)
+    together = ["gradcam", "saliency", "guided-backprop", "guided-gradcam"]
+    if set(together[1:]) <= set(names):  # one explain call (one forward) against captum's calls one by one
+        xviz_s = median_time(lambda: explain_tensors(model, x, together, layer=layer))
+        captum_s = median_time(lambda: [captum_direct(name, model, x.clone(), t, layer) for name in together])
+        label = "+".join(together).replace("guided-", "g")
+        lines.append(f"{label:30s} {1000 * xviz_s / n:9.1f} {1000 * captum_s / n:9.1f} {xviz_s / captum_s:6.2f}")
     return lines
 
 
@@ -147,6 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rss-child", nargs=2, metavar=("IMPL", "N"))
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--methods", help="only these methods (comma-separated), and no memory section")
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]))
@@ -158,11 +169,13 @@ def main() -> None:
 
     lines = [f"torch {torch.__version__}, captum {captum.__version__}, {torch.get_num_threads()} threads, "
              f"{platform.processor() or platform.machine()}", ""]
-    lines += speed("xviz-demo", 64, 4, all_names, "features") + [""]
+    names = args.methods.split(",") if args.methods else all_names
+    lines += speed("xviz-demo", 64, 4, names, "features") + [""]
     if not args.skip_resnet:
-        lines += speed("resnet18", 112, 2, ["integrated-gradients", "saliency", "guided-backprop", "guided-gradcam"],
-                       "layer4") + [""]
-    lines += rss()
+        lines += speed("resnet18", 112, 2, [n for n in ["integrated-gradients", "saliency", "guided-backprop",
+                                                        "guided-gradcam"] if n in names], "layer4") + [""]
+    if not args.methods:
+        lines += rss()
     print("\n".join(lines))
 
 

@@ -332,11 +332,11 @@ def test_write_failure_counts_what_was_written(run_cli, tmp_path, monkeypatch, e
     calls = []
     real = xviz.outputs.save_png
 
-    def fail_on_third(picture, path, *args):
+    def fail_on_third(picture, path, *args, **kwargs):
         calls.append(path)
         if len(calls) == 3:  # overlay 1, panel 1, then overlay 2 fails
             raise OSError(errno_, "refused", str(path))
-        return real(picture, path, *args)
+        return real(picture, path, *args, **kwargs)
 
     monkeypatch.setattr(xviz.outputs, "save_png", fail_on_third)
     code, out, err = run_cli("explain", "--model", "xviz-demo", "--panel", "--out", tmp_path / "o", SAMPLES)

@@ -68,21 +68,26 @@ def _capture(tensor: torch.Tensor, keep_graph: bool) -> tuple[torch.Tensor, torc
     leaf that requires grad, or (``keep_graph`` and the output already requires grad: a layer downstream
     of another captured one) a copy still in the graph, so gradients still reach the layers upstream.
     Tokens (N, 1 + h*w, C) are captured as an (N, C, h, w) grid (class token dropped), and downstream
-    gets tokens rebuilt from that grid, so gradients to the grid are exact."""
+    gets tokens rebuilt from that grid, so gradients to the grid are exact. A half-precision output
+    (autocast) is captured in fp32, and handed on in its own dtype."""
     attached = keep_graph and tensor.requires_grad
+    half = tensor.dtype in (torch.bfloat16, torch.float16)
     side = token_grid_side(tensor)
     if side is None:
-        captured = tensor.clone() if attached else tensor.detach().clone().requires_grad_(True)
-        return captured, captured.clone()
+        source = tensor if attached else tensor.detach()
+        captured = source.float() if half else source.clone()
+        if not attached:
+            captured.requires_grad_(True)
+        return captured, captured.to(tensor.dtype) if half else captured.clone()
     n, _, c = tensor.shape
     grid = tensor[:, 1:].reshape(n, side, side, c).permute(0, 3, 1, 2)
     cls = tensor[:, :1]
     if not attached:
         grid, cls = grid.detach(), cls.detach()
-    grid = grid.clone(memory_format=torch.contiguous_format)  # a copy, like the spatial case
+    grid = grid.to(torch.float32 if half else grid.dtype, memory_format=torch.contiguous_format, copy=True)
     if not attached:
         grid.requires_grad_(True)
-    passed_on = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(n, side * side, c)], dim=1)
+    passed_on = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(n, side * side, c).to(tensor.dtype)], dim=1)
     return grid, passed_on
 
 
@@ -105,7 +110,7 @@ def capture_layer(layer: nn.Module, keep_graph: bool = False):
             return [passed_on, *output[1:]]
         return passed_on
 
-    handle = layer.register_forward_hook(hook)
+    handle = layer.register_forward_hook(torch.compiler.disable(hook))  # torch.compile: runs eagerly
     try:
         yield captured
     finally:
@@ -113,12 +118,14 @@ def capture_layer(layer: nn.Module, keep_graph: bool = False):
 
 
 @contextlib.contextmanager
-def capture_layers(layers: list[nn.Module]):
+def capture_layers(layers: list[nn.Module], keep_graph: bool | None = None):
     """:func:`capture_layer` for several layers in one forward pass; a list of ``Captured``. One layer
-    is captured exactly as by ``capture_layer``; with several, a layer downstream of another keeps its
-    graph, so the gradients to every captured layer are exact."""
+    is captured exactly as by ``capture_layer``; with several (or ``keep_graph``), a layer downstream of
+    another (or of inputs that require grad) keeps its graph, so the gradients to every captured layer
+    and to the inputs are exact."""
+    keep_graph = len(layers) > 1 if keep_graph is None else keep_graph
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(capture_layer(layer, keep_graph=len(layers) > 1)) for layer in layers]
+        yield [stack.enter_context(capture_layer(layer, keep_graph=keep_graph)) for layer in layers]
 
 
 def first_output(output) -> torch.Tensor:

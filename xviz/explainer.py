@@ -25,7 +25,8 @@ from xviz.console import did_you_mean
 from xviz.errors import XvizError
 from xviz.explanation import Explanation, library_versions
 from xviz.capture import capture_layers, find_layer, first_output, preserved_state, spatial_layers
-from xviz.images import read_image
+from xviz.fast import FP32, Speed, autocast, channels_last_weights, choose_speed, compiled
+from xviz.inputs import load_batches, to_pil  # noqa: F401  (to_pil: part of this module's API)
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel, check_finite_outputs
 
@@ -169,7 +170,7 @@ def fuse_layer_maps(raws: Sequence[torch.Tensor], size: tuple[int, int], signed:
 
 def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, methods: Sequence[str | Method] = ("gradcam",),
                     *, layer: str | Sequence[str] | None = None, target=None, topk: int = 1, inputs_names: Sequence[str] = (),
-                    pm=None) -> list[Explanation]:
+                    pm=None, fast: bool | str | Speed = False, compile: bool = False) -> list[Explanation]:
     """Explain a batch of preprocessed images with each method; one Explanation per method (per layer
     for a method that returns maps of several layers, such as ``attention``).
 
@@ -180,6 +181,10 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
     forward, gradients to all come from the same call, each layer-method computes a map per layer and
     the maps are fused by :func:`fuse_layer_maps` into one Explanation whose ``layer`` is ``"a,b"`` and
     whose ``raw`` is the fused map at input size.
+
+    ``fast``: True (channels_last), ``"bf16"`` or ``"fp16"`` (also autocast): see :mod:`xviz.fast`;
+    ``compile``: the forward pass through ``torch.compile``. A method with ``uses_input_gradient`` gets
+    the gradient to the inputs from the same pass (``ctx.input_gradients``).
     """
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.module if loaded else model
@@ -197,10 +202,16 @@ def explain_tensors(model: LoadedModel | nn.Module, inputs: torch.Tensor, method
         if any(m.uses_layer for m in chosen) else []
     for m in chosen:
         m.check(module, pm)
-    with torch.inference_mode(False), torch.enable_grad(), preserved_state(module):
+    speed = fast if isinstance(fast, Speed) else choose_speed(inputs.device, fast, compile)
+    with torch.inference_mode(False), torch.enable_grad(), preserved_state(module), \
+            channels_last_weights(module, speed.channels_last):
         if inputs.is_inference():
             inputs = inputs.clone()
-        logits, activations, observed = _shared_forward(module, inputs, chosen, layer_names)
+        if speed.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if any(m.uses_input_gradient for m in chosen):
+            inputs = inputs.detach().requires_grad_(True)  # the gradient to the inputs comes from this pass
+        logits, activations, observed = _shared_forward(module, inputs, chosen, layer_names, speed)
         check_finite_outputs(logits.detach(), model)
         class_names = (list(loaded.class_names) if loaded else []) or [str(i) for i in range(logits.shape[1])]
         if len(class_names) != logits.shape[1]:
@@ -230,13 +241,20 @@ def _layers_to_capture(module: nn.Module, layer, inputs: torch.Tensor, model_nam
     return [name]
 
 
-def _shared_forward(module: nn.Module, inputs: torch.Tensor, chosen: list[Method], layer_names: list[str]):
-    """The one forward pass all methods share: ``(logits, {layer: activation}, {method: observed})``."""
+def _shared_forward(module: nn.Module, inputs: torch.Tensor, chosen: list[Method], layer_names: list[str],
+                    speed: Speed = FP32):
+    """The one forward pass all methods share: ``(logits, {layer: activation}, {method: observed})``.
+    When the inputs require grad (a method uses the input gradient), the captured layers stay in the graph."""
+    forward = compiled(module) if speed.compiled else module
     with contextlib.ExitStack() as stack:
         observed = {m.name: stack.enter_context(m.observe(module)) for m in chosen}  # see the shared forward
-        captured = stack.enter_context(capture_layers([find_layer(module, n) for n in layer_names])) \
+        layers = [find_layer(module, n) for n in layer_names]
+        captured = stack.enter_context(capture_layers(layers, keep_graph=inputs.requires_grad or None)) \
             if layer_names else []
-        logits = first_output(module(inputs))
+        with autocast(inputs.device, speed):
+            logits = first_output(forward(inputs))
+    if logits.dtype in (torch.bfloat16, torch.float16):  # autocast: scores and gradients in fp32
+        logits = logits.float()
     activations = {name: c.activation for name, c in zip(layer_names, captured)}
     for name, act in activations.items():
         if act is None:
@@ -326,37 +344,6 @@ class Batch:
     layer: LayerChoice | None = None
 
 
-def _input_name(image) -> str:
-    if isinstance(image, Image.Image):
-        return getattr(image, "filename", "") or ""
-    return "" if isinstance(image, (np.ndarray, torch.Tensor)) else str(image)
-
-
-def to_pil(image) -> Image.Image:
-    """An RGB PIL image from a PIL image, an (H, W[, 3|4]) numpy array or a (3|1, H, W) tensor; arrays of
-    floats are read as [0, 1], of integers as [0, 255]."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        if image.dim() == 4 and image.shape[0] == 1:
-            image = image[0]
-        if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
-            raise XvizError(f"an image tensor must be (3, H, W), got shape {tuple(image.shape)}; a preprocessed "
-                            "batch goes to xviz.explain_tensors")
-        image = image.detach().cpu().permute(1, 2, 0).numpy()
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise XvizError(f"an image array must be (H, W) or (H, W, 3), got shape {array.shape}")
-    if array.dtype.kind == "f":
-        if array.size and (array.min() < -1e-3 or array.max() > 1 + 1e-3):
-            raise XvizError("a float image array must hold values in [0, 1] (pixels / 255), not normalised "
-                            "values: xviz normalises with the model's preprocessing")
-        array = np.rint(np.clip(array, 0, 1) * 255)
-    return Image.fromarray(array.astype(np.uint8)).convert("RGB")
-
-
 def as_loaded(model, preprocess=None, class_names=None) -> LoadedModel:
     """``model`` as a :class:`LoadedModel`: a plain ``nn.Module`` gets ``preprocess`` (a
     :class:`xviz.images.Preprocessing`, a dict of its fields, or a torchvision weights' ``transforms()``;
@@ -395,29 +382,17 @@ def _preprocessing(preprocess):
                     f"torchvision weights' transforms(), not {type(preprocess).__name__}")
 
 
-def _read_views(model: LoadedModel, images, skip_unreadable: bool):
-    names, views, skipped = [], [], []
-    for item in images:
-        try:
-            image = to_pil(item) if isinstance(item, (Image.Image, np.ndarray, torch.Tensor)) else read_image(item)
-        except XvizError as exc:
-            if not skip_unreadable:
-                raise
-            skipped.append((_input_name(item), str(exc)))
-            continue
-        names.append(_input_name(item))
-        views.append(model.preprocessing.view(image))
-    return names, views, skipped
-
-
 def explain_batches(model: LoadedModel | nn.Module, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
                     layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16,
-                    pm=None, skip_unreadable: bool = False, preprocess=None, class_names=None) -> Iterator[Batch]:
+                    pm=None, skip_unreadable: bool = False, preprocess=None, class_names=None, fast: bool | str = False,
+                    compile: bool = False, workers: int | None = None) -> Iterator[Batch]:
     """Explain images (paths, PIL images, (H, W, 3) arrays or (3, H, W) tensors of pixels) with the
     model's own preprocessing, ``batch_size`` at a time: one :class:`Batch` per batch, all methods sharing
-    one pass (:func:`explain_tensors`). The layer is chosen once, on the first batch. ``skip_unreadable``:
-    an image that cannot be read is reported in ``Batch.skipped`` instead of raising. A plain module
-    takes ``preprocess``/``class_names`` (see :func:`as_loaded`)."""
+    one pass (:func:`explain_tensors`). Image files are decoded by ``workers`` DataLoader processes while
+    the model runs (default: up to 2 when there is more than one batch; see :mod:`xviz.inputs`). The
+    layer is chosen once, on the first batch. ``skip_unreadable``: an image that cannot be read is
+    reported in ``Batch.skipped`` instead of raising. A plain module takes ``preprocess``/``class_names``
+    (see :func:`as_loaded`); ``fast``/``compile``: see :func:`explain_tensors`."""
     if isinstance(images, (str, Path, Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
         images = [images]
     if isinstance(methods, (str, Method)):
@@ -429,32 +404,38 @@ def explain_batches(model: LoadedModel | nn.Module, images: Sequence, methods: S
         raise XvizError(f"batch_size {batch_size} must be at least 1")
     pm = pm or registry.default_plugin_manager()
     chosen = resolve_methods(methods, pm)
+    device = next((p.device for p in model.module.parameters()), torch.device("cpu"))
+    speed = choose_speed(device, fast, compile)
     choice = None
-    for start in range(0, len(images), batch_size):
-        names, views, skipped = _read_views(model, images[start:start + batch_size], skip_unreadable)
-        if not views:
-            yield Batch(names, views, [], skipped, choice)
-            continue
-        batch = torch.stack([model.preprocessing.normalize(v) for v in views])
-        if choice is None and any(m.uses_layer for m in chosen):
-            choice = LayerChoice(",".join(layer_list(layer)), "given") if layer else \
-                LayerChoice(*resolve_layer(model.module, None, batch, model.name, pm))
-        explanations = explain_tensors(model, batch, chosen, layer=choice.name if choice else layer, target=target,
-                                       topk=topk, inputs_names=names, pm=pm)
-        yield Batch(names, views, explanations, skipped, choice)
+    loaded = load_batches(images, model.preprocessing, batch_size, skip_unreadable, workers,
+                          pin_memory=device.type == "cuda")
+    with channels_last_weights(model.module, speed.channels_last):  # once for the run, not per batch
+        for part in loaded:
+            if part.inputs is None:
+                yield Batch(part.names, part.views, [], part.skipped, choice)
+                continue
+            if choice is None and any(m.uses_layer for m in chosen):
+                choice = LayerChoice(",".join(layer_list(layer)), "given") if layer else \
+                    LayerChoice(*resolve_layer(model.module, None, part.inputs, model.name, pm))
+            explanations = explain_tensors(model, part.inputs, chosen, layer=choice.name if choice else layer,
+                                           target=target, topk=topk, inputs_names=part.names, pm=pm, fast=speed)
+            yield Batch(part.names, part.views, explanations, part.skipped, choice)
 
 
 def explain(model: LoadedModel | nn.Module, images: Sequence, methods: Sequence[str | Method] = ("gradcam",), *,
             layer: str | Sequence[str] | None = None, target=None, topk: int = 1, batch_size: int = 16, pm=None,
-            preprocess=None, class_names=None) -> list[Explanation]:
+            preprocess=None, class_names=None, fast: bool | str = False, compile: bool = False) -> list[Explanation]:
     """Explain images (paths, PIL images, arrays or tensors of pixels) with a loaded model or any
     ``nn.Module`` (``preprocess=``, ``class_names=``: see :func:`as_loaded`); one Explanation per method
     covering all images (the batches of :func:`explain_batches`, joined), holding the images as the
-    model saw them for :meth:`Explanation.plot` and :meth:`Explanation.save`."""
+    model saw them for :meth:`Explanation.plot` and :meth:`Explanation.save`. ``fast=True``: the fast
+    path (:mod:`xviz.fast`: channels_last; ``"bf16"``/``"fp16"``: also autocast), CAM maps within 1e-2 of
+    fp32; ``compile=True``: the forward pass through ``torch.compile``."""
     parts: list[list[Explanation]] = []
     views: list = []
     for batch in explain_batches(model, images, methods, layer=layer, target=target, topk=topk,
-                                 batch_size=batch_size, pm=pm, preprocess=preprocess, class_names=class_names):
+                                 batch_size=batch_size, pm=pm, preprocess=preprocess, class_names=class_names,
+                                 fast=fast, compile=compile):
         if not parts and batch.layer is not None and batch.layer.how == "last spatial":
             warnings.warn(f"explaining layer `{batch.layer.name}`, the last with a spatial output; pass layer= "
                           "to choose another", stacklevel=2)

@@ -21,6 +21,9 @@ class Method:
     * ``name``: unique registry key (``xviz explain --method NAME``).
     * ``summary``: one line for ``xviz methods``.
     * ``uses_layer``: needs the target layer's activation (``ctx.activations``).
+    * ``uses_input_gradient``: needs gradients to the inputs (``ctx.input_gradients``, or its own
+      ``torch.autograd.grad`` to ``ctx.inputs``): the shared forward pass then records the graph from the
+      inputs, so no method pays a forward pass of its own for them.
     * ``signed``: maps may be negative (drawn with a diverging colormap).
     * ``reference``: the paper.
     """
@@ -28,6 +31,7 @@ class Method:
     name: str = ""
     summary: str = ""
     uses_layer: bool = True
+    uses_input_gradient: bool = False
     signed: bool = False
     reference: str = ""
 
@@ -66,7 +70,11 @@ class Context:
     * ``layer``: the target layer's name; ``activations``: its (N, C, h, w) output ``A``.
     * ``gradients``: (N, K, C, h, w), ``dS_t / dA`` for each target's raw score ``S_t``;
       computed on first access by a single ``torch.autograd.grad`` call.
+    * ``input_gradients``: (N, K, 3, H, W), ``dS_t / dx`` (only when a method ``uses_input_gradient``:
+      then ``inputs`` require grad and every captured layer stays in the graph from them);
+      computed on first access by one ``torch.autograd.grad`` call.
     * ``observed``: ``{method name: what its observe() recorded during the forward pass}``.
+    * ``cached(key, compute)``: a value computed once per batch, shared by the methods that ask for it.
     * ``layers``: ``{name: activation}`` of every captured layer (several with ``layer=["a", "b"]``);
       ``ctx.at(name)`` is the context at one of them. The gradients of all layers come from one call.
     """
@@ -89,8 +97,23 @@ class Context:
         if self.layer not in self._shared:
             names = list(self.layers) if self.layer in self.layers else [self.layer]
             tensors = [self.layers.get(name, self.activations) for name in names]
-            self._shared.update(zip(names, target_gradients(self.logits, self.targets, tensors)))
+            grads = target_gradients(self.logits, self.targets, tensors, retain_graph=getattr(self.inputs, "requires_grad", False))
+            self._shared.update(zip(names, grads))
         return self._shared[self.layer]
+
+    @property
+    def input_gradients(self) -> torch.Tensor:
+        if not getattr(self.inputs, "requires_grad", False):
+            raise RuntimeError("ctx.input_gradients needs a method with uses_input_gradient = True")
+        return self.cached(("input gradients",), lambda: target_gradients(self.logits, self.targets, self.inputs,
+                                                                          retain_graph=True))
+
+    def cached(self, key, compute: Callable[[], object]):
+        """``compute()``, called once per batch for ``key`` (a tuple: never a layer's name) and shared by
+        all methods and layers of the pass."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
 
     def at(self, layer: str) -> "Context":
         """This context seen at another captured layer: same pass, same (shared) gradient call."""
@@ -106,19 +129,20 @@ class Context:
         self.observed = {}
 
 
-def target_gradients(logits: torch.Tensor, targets: torch.Tensor, activation):
+def target_gradients(logits: torch.Tensor, targets: torch.Tensor, activation, retain_graph: bool = False):
     """``d logits[n, targets[n, k]] / d activation[n]`` for all n, k, as (N, K, *activation[0].shape).
 
     ``activation`` may be a list of tensors (several layers): then a list of gradients, from the same
     single call. Sums over the batch are exact because images do not interact in eval mode. K > 1
     uses one batched (vmapped) backward; if an operation has no batching rule, it falls back to K calls.
+    ``retain_graph``: keep the graph for further calls (K > 1 always keeps it).
     """
     single = torch.is_tensor(activation)
     inputs = [activation] if single else list(activation)
     scores = logits.gather(1, targets)  # (N, K)
     n, k = scores.shape
     if k == 1:
-        grads = [g.unsqueeze(1) for g in torch.autograd.grad(scores.sum(), inputs)]
+        grads = [g.unsqueeze(1) for g in torch.autograd.grad(scores.sum(), inputs, retain_graph=retain_graph)]
         return grads[0] if single else grads
     selectors = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
     try:

@@ -206,8 +206,9 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
-def save_png(picture, path: str | Path, dpi: int = 110) -> Path:
-    """Write an RGB array, a PIL image or a matplotlib figure (closed afterwards) as a PNG."""
+def save_png(picture, path: str | Path, dpi: int = 110, compress_level: int = 6) -> Path:
+    """Write an RGB array, a PIL image or a matplotlib figure (closed afterwards) as a PNG
+    (``compress_level``: zlib's 0-9, for arrays and images)."""
     if hasattr(picture, "savefig"):
         import matplotlib.pyplot as plt
 
@@ -216,4 +217,4 @@ def save_png(picture, path: str | Path, dpi: int = 110) -> Path:
         finally:
             plt.close(picture)
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture, dtype=np.uint8))
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))

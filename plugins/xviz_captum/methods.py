@@ -9,11 +9,10 @@ channels by summing and drawn with a diverging colormap; saliency maps are unsig
 Memory is bounded: the (image, target) pairs are flattened into rows and sent to the model in
 chunks, so the largest batch the model sees is ``internal_batch_size`` (integrated gradients,
 noise tunnels) or ``batch_size`` (occlusion) rows, whatever the number of images and targets.
-Noise methods seed torch's generator with ``seed`` before each (image, target) row, inside
+Saliency, guided backprop and guided GradCAM take their gradients from xviz's shared forward pass (the
+same formulas as captum's, checked against it), the other methods call captum. Noise methods seed torch's generator with ``seed`` before each (image, target) row, inside
 ``torch.random.fork_rng``: a map is reproducible, does not depend on the other images of the batch
-nor on the number of targets (``topk``), and the global RNG is left as found. captum's hooks (on
-``nn.ReLU`` modules for guided backprop, on the target layer for guided GradCAM) are removed by
-captum before returning.
+nor on the number of targets (``topk``), and the global RNG is left as found.
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ import contextlib
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xviz.errors import XvizError
-from xviz.capture import find_layer, first_output
-from xviz.methods import Context, Method
+from xviz.capture import first_output
+from xviz.methods import Context, Method, target_gradients
 
 
 class _Scores(nn.Module):
@@ -48,18 +48,6 @@ def _quiet():
         warnings.filterwarnings("ignore", module=r"captum(\.|$)")
         warnings.filterwarnings("ignore", message=r".*(backward hooks|require gradients|requires_grad).*")
         yield
-
-
-@contextlib.contextmanager
-def _copied_output(layer: nn.Module):
-    """While captum records ``layer``: hand a copy of its output on, so what captum keeps (and marks as
-    requiring grad) is never a tensor the caller also holds (the input of an ``nn.Identity`` or of an
-    in-place layer), which an in-place op of the caller would change."""
-    handle = layer.register_forward_hook(lambda module, args, out: out.clone() if torch.is_tensor(out) else None)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _rows(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,77 +126,104 @@ class IntegratedGradients(Method):
             return _unrows(self.attribute(_Scores(ctx.model), x, t).sum(dim=1), ctx)
 
 
-def _per_target(ctx: Context, attribute) -> torch.Tensor:
-    """(N, K, H, W): ``attribute(targets[:, k]) -> (N, H, W)`` for each of the K targets, captum quiet."""
-    with _quiet():
-        return torch.stack([attribute(ctx.targets[:, k]) for k in range(ctx.targets.shape[1])], dim=1)
-
-
 class Saliency(Method):
-    """Saliency (Simonyan et al., ICLR Workshop 2014), through ``captum.attr.Saliency(abs=True)``.
+    """Saliency (Simonyan et al., ICLR Workshop 2014), as ``captum.attr.Saliency(abs=True)``.
 
-    ``M_ij = max_c | dS_t / dx_cij |`` (unsigned).
+    ``M_ij = max_c | dS_t / dx_cij |`` (unsigned). The gradient comes from the shared forward pass
+    (``ctx.input_gradients``): no forward of its own; equal to captum's map (tested).
     """
 
     name = "saliency"
     reference = "https://arxiv.org/abs/1312.6034"
     uses_layer = False
+    uses_input_gradient = True
 
     def compute(self, ctx: Context) -> torch.Tensor:
-        from captum.attr import Saliency as CaptumSaliency
+        return ctx.input_gradients.abs().amax(dim=2)
 
-        saliency, x = CaptumSaliency(_Scores(ctx.model)), ctx.inputs.detach()
-        return _per_target(ctx, lambda t: saliency.attribute(x, target=t, abs=True).detach().amax(dim=1))
+
+class _GuidedReLUs:
+    """While active, the gradient reaching the output of every ``nn.ReLU`` module is clamped at 0, so
+    the ReLU's own backward gives ``ReLU(grad_out) * [z > 0]``: guided backpropagation, exactly the
+    rule captum's ``GuidedBackprop`` applies through module backward hooks. Installed for the shared
+    forward pass (``Method.observe``), it changes no gradient while inactive."""
+
+    def __init__(self):
+        self.active = False
+
+    def _clamp(self, grad: torch.Tensor):
+        return grad.clamp_min(0) if self.active else None
+
+    @contextlib.contextmanager
+    def installed(self, model: nn.Module):
+        def hook(module, args, output):
+            if torch.is_tensor(output) and output.requires_grad:
+                output.register_hook(self._clamp)
+
+        hook = torch.compiler.disable(hook)  # under torch.compile: runs eagerly, on the real tensors
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def gradients(self, ctx: Context) -> torch.Tensor:
+        """(N, K, 3, H, W) guided gradients to the inputs, one call per batch (shared by the guided methods)."""
+        def compute():
+            self.active = True
+            try:
+                return target_gradients(ctx.logits, ctx.targets, ctx.inputs, retain_graph=True)
+            finally:
+                self.active = False
+
+        return ctx.cached(("guided input gradients",), compute)
 
 
 class GuidedBackprop(Method):
-    """Guided backpropagation (Springenberg et al., ICLR Workshop 2015), through
-    ``captum.attr.GuidedBackprop``.
+    """Guided backpropagation (Springenberg et al., ICLR Workshop 2015), as ``captum.attr.GuidedBackprop``.
 
     The gradient ``dS_t/dx`` with every ReLU's backward replaced by
     ``grad_in = ReLU(grad_out) * [z > 0]`` (``z`` the ReLU's input: only positive gradients through
-    active units);  ``M_ij = sum_c GB_cij`` (signed). captum overrides ``nn.ReLU`` modules only
-    (in-place ones included); a model with no ``nn.ReLU`` module is refused.
+    active units);  ``M_ij = sum_c GB_cij`` (signed). Like captum, only ``nn.ReLU`` modules (in-place
+    ones included) are overridden; a model with no ``nn.ReLU`` module is refused. The gradient comes
+    from the shared forward pass; equal to captum's map (tested).
     """
 
     name = "guided-backprop"
     reference = "https://arxiv.org/abs/1412.6806"
     uses_layer = False
+    uses_input_gradient = True
     signed = True
 
     def check(self, model: nn.Module, pm=None) -> None:
         _needs_relu_modules(self.name, model)
 
+    def observe(self, model: nn.Module):
+        return _GuidedReLUs().installed(model)
+
     def compute(self, ctx: Context) -> torch.Tensor:
-        from captum.attr import GuidedBackprop as CaptumGB
-
-        gb, x = CaptumGB(_Scores(ctx.model)), ctx.inputs.detach()
-        return _per_target(ctx, lambda t: gb.attribute(x, target=t).detach().sum(dim=1))
+        return ctx.observed[self.name].gradients(ctx).sum(dim=2)
 
 
-class GuidedGradCAM(Method):
-    """Guided Grad-CAM (Selvaraju et al., ICCV 2017), through ``captum.attr.GuidedGradCam``.
+class GuidedGradCAM(GuidedBackprop):
+    """Guided Grad-CAM (Selvaraju et al., ICCV 2017), as ``captum.attr.GuidedGradCam``.
 
     ``L = ReLU(sum_k w_k A_k)`` with ``w_k = mean_ij G_kij`` at the target layer (GradCAM),
-    upsampled bilinearly to the input size;  ``M_ij = L_ij * sum_c GB_cij`` with ``GB`` guided
-    backprop's input gradient (signed).
+    upsampled bilinearly (``align_corners=False``) to the input size;  ``M_ij = L_ij * sum_c GB_cij``
+    with ``GB`` guided backprop's input gradient (signed). Layer gradient and guided gradient both come
+    from the shared forward pass; equal to captum's map (tested).
     """
 
     name = "guided-gradcam"
     reference = "https://arxiv.org/abs/1610.02391"
     uses_layer = True
-    signed = True
-
-    def check(self, model: nn.Module, pm=None) -> None:
-        _needs_relu_modules(self.name, model)
 
     def compute(self, ctx: Context) -> torch.Tensor:
-        from captum.attr import GuidedGradCam as CaptumGGC
-
-        layer = find_layer(ctx.model, ctx.layer)
-        ggc, x = CaptumGGC(_Scores(ctx.model), layer), ctx.inputs.detach()
-        with _copied_output(layer):
-            return _per_target(ctx, lambda t: ggc.attribute(x, target=t, interpolate_mode="bilinear").detach().sum(dim=1))
+        weights = ctx.gradients.mean(dim=(3, 4))  # (N, K, C)
+        cam = torch.relu(torch.einsum("nkc,nchw->nkhw", weights, ctx.activations))
+        cam = F.interpolate(cam, size=tuple(ctx.inputs.shape[-2:]), mode="bilinear", align_corners=False)
+        return cam * ctx.observed[self.name].gradients(ctx).sum(dim=2)
 
 
 class Occlusion(Method):

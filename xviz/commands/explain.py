@@ -1,5 +1,6 @@
-"""``xviz explain``: argument parsing around the explain pipeline (:func:`xviz.explainer.explain_batches`)
-and the writer of its files (:class:`xviz.outputs.OverlayWriter`)."""
+"""``xviz explain``: argument parsing around the explain pipeline (:func:`xviz.explainer.explain_batches`:
+images decoded in DataLoader workers) and the writer of its files (:class:`xviz.outputs.OverlayWriter`, on
+:class:`xviz.outputs.BackgroundWrites` threads): decoding, computing and writing overlap."""
 
 from __future__ import annotations
 
@@ -75,21 +76,63 @@ def _settings(args, model, methods) -> dict:
     return settings
 
 
-def cmd_explain(args) -> int:
+def _write_all(args, batches, writer, paths, stems, one_folder, settings, out) -> int:
+    """Write each batch's files on writer threads while the next batch is computed; the table, report
+    records and progress follow in input order. Returns the number of inputs skipped as unreadable."""
     from tqdm import tqdm
 
+    from xviz.outputs import BackgroundWrites
+    from xviz.report import append_records
+
+    def collect(done, bar):
+        for written in done:
+            writer.collect(written)
+            bar.update(len(written.records))
+        if args.report and writer.records:
+            append_records(out, writer.take_records())
+
+    skipped, announced, writes = 0, False, None
+    with _interruptible(out), tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2,
+                                   file=sys.stderr) as bar, contextlib.ExitStack() as stack:
+        for batch in batches:
+            for _, why in batch.skipped:
+                tqdm.write(f"xviz: skipped: {why}", file=sys.stderr)
+            skipped += len(batch.skipped)
+            bar.update(len(batch.skipped))
+            if batch.layer and batch.layer.how != "given" and not announced:
+                tqdm.write(batch.layer.describe(), file=sys.stderr)
+                announced = True
+            if batch.layer and "layer" not in settings:
+                settings["layer"] = batch.layer.name
+            if not batch.views:
+                continue
+            if writes is None:  # pyplot draws on one thread at a time
+                threads = 1 if writer.uses_pyplot(batch.explanations) else args.writers
+                writes = stack.enter_context(BackgroundWrites(threads))
+            shown = [Path(name).name if one_folder else name for name in batch.names]
+            collect(writes.submit(writer.batch, batch.names, [stems[n] for n in batch.names], shown, batch.views,
+                                  batch.explanations), bar)
+        if writes is not None:
+            collect(writes.finish(), bar)
+    return skipped
+
+
+def cmd_explain(args) -> int:
     from xviz.explainer import check_targets, explain_batches, resolve_methods
     from xviz.models import load_model, torch_device
     from xviz.outputs import OverlayWriter, output_stems, remove_temporaries, write_failure
-    from xviz.report import append_records, build_report, read_labels, write_settings
+    from xviz.report import build_report, read_labels, write_settings
     from xviz.render import check_alpha, get_cmap
 
     device = torch_device(args.device)
     methods = resolve_methods(split_names(args.method, default=["gradcam"]), args.pm)
     get_cmap(args.cmap)
     check_alpha(args.alpha)
-    if args.batch_size < 1:
-        raise XvizError(f"`--batch-size {args.batch_size}` must be at least 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--writers", args.writers)):
+        if value < 1:
+            raise XvizError(f"`{flag} {value}` must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        raise XvizError(f"`--workers {args.workers}` must be 0 (decode in the main process) or more")
     out = writable_folder(args.out)
     paths = _images(args)
     model = load_model(**model_arguments(args)).to(device)
@@ -97,37 +140,21 @@ def cmd_explain(args) -> int:
     remove_temporaries(out)
     stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))
     one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
-    writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw, args.colorbar)
+    writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw, args.format,
+                           args.colorbar)
     settings = _settings(args, model, methods)
     labels = read_labels(args.labels) if args.labels else {}
     if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
         write_settings(out, settings)
     batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
-                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True)
-    skipped, announced = 0, False
+                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True, fast=args.autocast or args.fast,
+                              compile=args.compile, workers=args.workers)
     try:
-        with _interruptible(out), tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2,
-                                       file=sys.stderr) as bar:
-            for batch in batches:
-                for _, why in batch.skipped:
-                    tqdm.write(f"xviz: skipped: {why}", file=sys.stderr)
-                if batch.layer and batch.layer.how != "given" and not announced:
-                    tqdm.write(batch.layer.describe(), file=sys.stderr)
-                    announced = True
-                for i, (name, view) in enumerate(zip(batch.names, batch.views)):
-                    writer.image(i, stems[name], Path(name).name if one_folder else name, view, batch.explanations)
-                    bar.update(1)
-                records = writer.take_records()
-                if args.report:
-                    append_records(out, records)
-                if batch.layer and "layer" not in settings:
-                    settings["layer"] = batch.layer.name
-                skipped += len(batch.skipped)
-                bar.update(len(batch.skipped))
-            grids = writer.write_grids()
-            if args.report:
-                write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
-                page = build_report(out, show_progress=len(paths) > 1)
+        skipped = _write_all(args, batches, writer, paths, stems, one_folder, settings, out)
+        grids = writer.write_grids()
+        if args.report:
+            write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
+            page = build_report(out, show_progress=len(paths) > 1)
     except OSError as exc:  # the bar is closed by now: the message gets its own line
         raise write_failure(exc, out, writer.overlays) from None
     if writer.rows:
@@ -167,6 +194,17 @@ def xviz_register_commands(subparsers):
     p.add_argument("--save-raw", action="store_true", help="also write the raw feature-size maps as .npy")
     p.add_argument("--report", action="store_true", help="also write OUT/index.html: every image and method side by "
                    "side in the browser (filters, sort, full-size panels)")
+    p.add_argument("--format", choices=["png", "jpg"], default="png", help="overlay file format: png (default; "
+                   "lossless, fast compression) or jpg (quality 90, smaller and faster to write)")
+    p.add_argument("--fast", action="store_true", help="the fast path: weights and inputs in channels_last "
+                   "(CAM maps within 1e-5 of fp32; see the performance page)")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="--fast plus the forward pass in this precision "
+                   "(faster on GPUs with tensor cores; maps can move by a few 1e-2)")
+    p.add_argument("--compile", action="store_true", help="run the forward pass through torch.compile (the "
+                   "first batch pays the compilation)")
+    p.add_argument("--workers", type=int, help="processes decoding images while the model runs (default: up to "
+                   "2 when there is more than one batch; 0: decode in the main process)")
+    p.add_argument("--writers", type=int, default=2, help="threads writing files while the model runs (default 2)")
     p.add_argument("--labels", metavar="FILE", help="true classes for the report (CSV `file,class` or JSON); images in "
                    "class-named folders are labelled by their folder")
     p.set_defaults(func=cmd_explain)
