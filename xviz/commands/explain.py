@@ -76,7 +76,18 @@ def _settings(args, model, methods) -> dict:
 
 
 def cmd_explain(args) -> int:
+    """One process, or under torchrun one block of the images per rank (:mod:`xviz.sharding`)."""
+    from xviz.models import torch_device
+    from xviz.sharding import joined
+
+    with joined(torch_device(args.device).type) as world:
+        return _explain(args, world)
+
+
+def _explain(args, world) -> int:
     from tqdm import tqdm
+
+    from xviz.sharding import block, merge_writers
 
     from xviz.explainer import check_targets, explain_batches, resolve_methods
     from xviz.models import load_model, torch_device
@@ -94,20 +105,22 @@ def cmd_explain(args) -> int:
     paths = _images(args)
     model = load_model(**model_arguments(args)).to(device)
     check_targets(args.target, args.topk, model.class_names, len(model.class_names))
-    remove_temporaries(out)
+    if not world.distributed:  # with several ranks, once all have written (another rank may be writing now)
+        remove_temporaries(out)
     stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))
     one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
     writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw)
     settings = _settings(args, model, methods)
     labels = read_labels(args.labels) if args.labels else {}
-    if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
+    if args.report and world.main:  # the page's data, written as the run goes, so an interrupted run can be looked at too
         write_settings(out, settings)
-    batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
+    mine = [paths[i] for i in block(len(paths), world)]
+    batches = explain_batches(model, mine, methods, layer=args.layer, target=args.target, topk=args.topk,
                               batch_size=args.batch_size, pm=args.pm, skip_unreadable=True)
-    skipped, announced = 0, False
+    skipped, announced, held = 0, not world.main, []
     try:
-        with _interruptible(out), tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2,
-                                       file=sys.stderr) as bar:
+        with _interruptible(out), tqdm(total=len(mine), unit="img", desc="explaining", file=sys.stderr,
+                                       disable=len(paths) < 2 or not world.main) as bar:
             for batch in batches:
                 for _, why in batch.skipped:
                     tqdm.write(f"xviz: skipped: {why}", file=sys.stderr)
@@ -118,12 +131,20 @@ def cmd_explain(args) -> int:
                     writer.image(i, stems[name], Path(name).name if one_folder else name, view, batch.explanations)
                     bar.update(1)
                 records = writer.take_records()
-                if args.report:
+                if args.report and world.distributed:
+                    held.extend(records)  # rank 0 writes all ranks' records, in order, at the end
+                elif args.report:
                     append_records(out, records)
                 if batch.layer and "layer" not in settings:
                     settings["layer"] = batch.layer.name
                 skipped += len(batch.skipped)
                 bar.update(len(batch.skipped))
+            if world.distributed:
+                held, skipped = merge_writers(world, writer, held, skipped)
+                if not world.main:  # rank 0 says and answers for the run (an early exit 2 here would stop it)
+                    return 0
+                append_records(out, held)
+                remove_temporaries(out)
             grids = writer.write_grids()
             if args.report:
                 write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))
