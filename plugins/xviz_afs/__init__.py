@@ -75,7 +75,9 @@ def xviz_register_commands(subparsers):
     p.set_defaults(split="train")
     p.add_argument("--thres-s", type=float, default=0.5, help="s = 1 where the importance's variance exceeds it")
     p.add_argument("--thres-m", type=float, default=0.5, help="m = 1 where the mean kept importance exceeds it")
-    p.add_argument("--out", help="where to write (default: masked.pt beside the checkpoint)")
+    p.add_argument("--prune", action="store_true", help="also remove the masked channels (m = 0) from the weights: "
+                   "a smaller dense network that loads and explains like any checkpoint")
+    p.add_argument("--out", help="where to write (default: masked.pt, or pruned.pt with --prune, beside the checkpoint)")
     p.set_defaults(func=lazy("xviz_afs.report:cmd_update"))
 
 __getattr__ = attributes_of("xviz_afs.models")  # e.g. xviz_afs.build(18, 10), imported on first use
