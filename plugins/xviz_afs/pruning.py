@@ -35,10 +35,14 @@ class PrunedGate(AFSGate):
     index: torch.Tensor
     channels: int
     widen: bool
+    scaled: tuple | None = None  # (scale, h, keep) when the BatchNorm applied the scale itself (eval mode)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Scale the kept channels ``y`` (N, len(index), H, W) by their gate; at full width when ``widen``."""
-        if self.enabled and self.pooled is not None:
+        if self.scaled is not None:
+            (scale, h, keep), self.scaled = self.scaled, None
+            out = y
+        elif self.enabled and self.pooled is not None:
             scale, h, keep = self.scale(self.pooled)
             self.pooled = None
             out = y * scale[:, self.index, None, None]
@@ -46,13 +50,31 @@ class PrunedGate(AFSGate):
             h = keep = scale = None
             out = y
         if self.widen or (self.last is not None and scale is not None):
-            full = out.new_zeros(out.shape[0], self.channels, *out.shape[2:]).index_copy(1, self.index, out)
+            full = out.new_zeros(out.shape[0], self.channels, *out.shape[2:]).index_copy_(1, self.index, out)
             out = full if self.widen else out
         if self.last is not None and scale is not None:
             self.last = {"importance": h.detach().clone(), "keep": keep.clone(), "scale": scale.detach().clone()}
             if self.record_outputs:
                 self.last["output"] = full.detach().clone()
         return out
+
+
+class PrunedBatchNorm2d(nn.BatchNorm2d):
+    """The BatchNorm of a pruned pair: in eval mode it applies its gate's scale in the same pass,
+    ``bn(y)_c scale_c = y_c (w_c / sqrt(var_c + eps)) scale_c + (b_c - mean_c w_c / sqrt(var_c + eps)) scale_c``
+    (one multiply-add instead of the normalisation and the gate's multiply); in training mode it is BatchNorm."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        gate = self.afs
+        if self.training or self.running_var is None or not gate.enabled or gate.pooled is None:
+            return super().forward(y)
+        scale, h, keep = gate.scale(gate.pooled)
+        gate.pooled, gate.scaled = None, (scale, h, keep)
+        kept = scale[:, gate.index]
+        inverse = torch.rsqrt(self.running_var + self.eps)
+        weight = inverse if self.weight is None else self.weight * inverse
+        bias = -self.running_mean * weight + (0 if self.bias is None else self.bias)
+        return torch.addcmul((bias * kept)[:, :, None, None], y, (weight * kept)[:, :, None, None])
 
 
 def static_channels(model: nn.Module) -> dict[str, list[int]]:
@@ -83,6 +105,7 @@ def _cut_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
         if getattr(bn, name) is not None:
             setattr(bn, name, getattr(bn, name)[idx].clone())
     bn.num_features = len(idx)
+    bn.__class__ = PrunedBatchNorm2d
 
 
 def _cut_gate(gate: AFSGate, idx: torch.Tensor, in_idx: torch.Tensor | None, widen: bool) -> None:
