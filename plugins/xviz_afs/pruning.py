@@ -10,8 +10,10 @@ gather per call. The gate still predicts ``h`` for all of the layer's channels, 
 winner-take-all channels among all of them (so the pruned network makes the gated network's choice),
 and scales the channels kept: ``out_c = m_c (s_c h_c keep_c + (1 - s_c) gamma_c keep_c) bn(conv x)_c``
 for the kept ``c`` only; a kept channel that winner-take-all drops for one image is computed and
-multiplied by 0 for that image (the batch runs as one). The last convolution of a block writes its
-kept channels into a zero tensor of the block's width before the residual add.
+multiplied by 0 for that image (the batch runs as one). The last convolution of a block adds its
+kept channels to the shortcut at their places (the block's forward: :class:`PrunedBasicBlock`,
+:class:`PrunedBottleneck`); in eval mode each pruned BatchNorm applies its gate's scale in the same
+pass (:class:`PrunedBatchNorm2d`).
 
 Every layer keeps at least one channel (the first, where all are masked; it stays multiplied by 0),
 so no convolution is empty. The result equals the gated network's output up to float rounding.
@@ -30,15 +32,15 @@ from xviz_afs.gates import AFSGate, require_gates
 
 class PrunedGate(AFSGate):
     """An :class:`AFSGate` whose convolution computes only the channels ``index`` of its ``channels``
-    (all the layer's); ``widen``: give the output back at full width (the block's last gate)."""
+    (all the layer's)."""
 
     index: torch.Tensor
     channels: int
-    widen: bool
     scaled: tuple | None = None  # (scale, h, keep) when the BatchNorm applied the scale itself (eval mode)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Scale the kept channels ``y`` (N, len(index), H, W) by their gate; at full width when ``widen``."""
+        """Scale the kept channels ``y`` (N, len(index), H, W) by their gate (unless the BatchNorm did); a
+        recording gets the output at the layer's full width, zeros at the pruned channels."""
         if self.scaled is not None:
             (scale, h, keep), self.scaled = self.scaled, None
             out = y
@@ -49,10 +51,8 @@ class PrunedGate(AFSGate):
         else:
             h = keep = scale = None
             out = y
-        if self.widen or (self.last is not None and scale is not None):
-            full = out.new_zeros(out.shape[0], self.channels, *out.shape[2:]).index_copy_(1, self.index, out)
-            out = full if self.widen else out
         if self.last is not None and scale is not None:
+            full = out.new_zeros(out.shape[0], self.channels, *out.shape[2:]).index_copy_(1, self.index, out)
             self.last = {"importance": h.detach().clone(), "keep": keep.clone(), "scale": scale.detach().clone()}
             if self.record_outputs:
                 self.last["output"] = full.detach().clone()
@@ -75,6 +75,33 @@ class PrunedBatchNorm2d(nn.BatchNorm2d):
         weight = inverse if self.weight is None else self.weight * inverse
         bias = -self.running_mean * weight + (0 if self.bias is None else self.bias)
         return torch.addcmul((bias * kept)[:, :, None, None], y, (weight * kept)[:, :, None, None])
+
+
+def _add_kept(identity: torch.Tensor, y: torch.Tensor, index: torch.Tensor, fresh: bool) -> torch.Tensor:
+    """``identity`` plus the kept channels ``y`` at ``index`` (the pruned channels add 0), then ReLU; in
+    place on a ``fresh`` identity (the shortcut's own output) when no gradient is recorded."""
+    if fresh and not torch.is_grad_enabled():
+        return torch.relu_(identity.index_add_(1, index, y))
+    return torch.relu(identity.index_add(1, index, y))
+
+
+class PrunedBasicBlock(BasicBlock):
+    """A pruned BasicBlock: its last convolution's kept channels are added to the shortcut where they belong."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return _add_kept(identity, self.bn2(self.conv2(out)), self.bn2.afs.index, self.downsample is not None)
+
+
+class PrunedBottleneck(Bottleneck):
+    """A pruned Bottleneck: its last convolution's kept channels are added to the shortcut where they belong."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return _add_kept(identity, self.bn3(self.conv3(out)), self.bn3.afs.index, self.downsample is not None)
 
 
 def static_channels(model: nn.Module) -> dict[str, list[int]]:
@@ -108,13 +135,13 @@ def _cut_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
     bn.__class__ = PrunedBatchNorm2d
 
 
-def _cut_gate(gate: AFSGate, idx: torch.Tensor, in_idx: torch.Tensor | None, widen: bool) -> None:
+def _cut_gate(gate: AFSGate, idx: torch.Tensor, in_idx: torch.Tensor | None) -> None:
     if in_idx is not None:
         p = gate.predictor
         p.weight = nn.Parameter(p.weight.data[:, in_idx].clone(), requires_grad=p.weight.requires_grad)
         p.in_features = len(in_idx)
     gate.__class__ = PrunedGate
-    gate.channels, gate.widen = int(gate.m.numel()), widen
+    gate.channels = int(gate.m.numel())
     gate.register_buffer("index", idx.clone())
 
 
@@ -142,8 +169,9 @@ def prune(model: nn.Module, channels: dict[str, list[int]] | None = None) -> nn.
                                 f"in 0-{conv.out_channels - 1}")
             _cut_conv(conv, idx, in_idx)
             _cut_bn(bn, idx)
-            _cut_gate(bn.afs, idx, in_idx, widen=position == len(pairs) - 1)
+            _cut_gate(bn.afs, idx, in_idx)
             in_idx = idx
+        block.__class__ = PrunedBasicBlock if isinstance(block, BasicBlock) else PrunedBottleneck
     return model
 
 
