@@ -12,13 +12,14 @@ Times are relative to ``plain`` (below 1 is faster); ``MACs`` is the pruned netw
 (gate predictors included) over the plain network's; ``max |pruned - masked|`` the largest logit difference.
 
     python benchmarks/afs_speed.py [--models resnet18,resnet50] [--ratios 0.9,0.5,0.25] [--batch 1] [--repeats 9]
-        [--threads N]
+        [--threads N] [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import time
 
 import torch
 import torchvision
@@ -62,13 +63,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or this process's CPU time (with --threads 1: robust on a busy machine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
-          f"median of {args.repeats} interleaved rounds")
+          f"median of {args.repeats} interleaved rounds, {args.clock} time")
     print(f"{'model':<10} {'d':>5} {'kept':>5} {'plain ms':>9} {'masked':>8} {'sparse':>8} {'pruned':>8} {'MACs':>6} "
           f"{'speed-up':>9}  max |pruned - masked|")
     for name in args.models.split(","):
@@ -82,7 +86,7 @@ def main() -> None:
             with torch.no_grad():
                 t = interleaved_times({"plain": lambda: plain(x), "masked": lambda: gated(x),
                                        "sparse": lambda: sparse_forward(gated, x), "pruned": lambda: pruned(x)},
-                                      args.repeats)
+                                      args.repeats, clock=clock)
                 difference = float((pruned(x) - gated(x)).abs().max())
             macs = estimate_macs(pruned, args.size).gated / dense
             print(f"{name:<10} {ratio:>5.2f} {kept:>5.2f} {1000 * t['plain']:>9.1f} {t['masked'] / t['plain']:>7.2f}x "

@@ -7,7 +7,8 @@
 * regularisers ``l2-sp``, ``fea-map``, ``afd`` for ``xviz train --reg``;
 * method ``afs-channels``: where the channels each gate keeps fire, one map per stage;
 * commands ``xviz afs-report`` (channel importance, kept fractions, top channels, MACs) and
-  ``xviz afs-update`` (set the s / m masks from a pass over data).
+  ``xviz afs-update`` (set the s / m masks from a pass over data; ``--prune``: remove the masked
+  channels from the weights, :mod:`xviz_afs.pruning`).
 
 Declarations only: the gates, models, regularisers, method and reports load when used.
 """

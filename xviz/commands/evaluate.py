@@ -130,7 +130,8 @@ def _evaluate(args, world) -> int:
     results = evaluate(model, names, dataset, metrics=metrics, limit=args.limit, batch_size=args.batch_size,
                        steps=args.steps, baseline=args.baseline, randomize=args.randomize, layer=args.layer,
                        rank_by=args.rank_by, reference=not args.no_reference, chunk=args.chunk, seed=args.seed,
-                       pm=args.pm, dataset_name=described, tolerance=args.tolerance, progress=world.main)
+                       pm=args.pm, dataset_name=described, tolerance=args.tolerance, progress=world.main,
+                       world=world)
     if not world.main:  # every rank holds the same results; rank 0 says and writes them
         return 0
     results.settings["arguments"] = {name: getattr(args, name) for name in RERUN_FLAGS}

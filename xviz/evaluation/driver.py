@@ -155,7 +155,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
              reference: bool = True, chunk: int = 256, seed: int = 0, mean=None, std=None, pm=None,
              progress: bool = True, dataset_name: str = "the dataset", show_examples: int = 4,
              tolerance: float | None = None, road_percentiles: Sequence[float] = ROAD_PERCENTILES,
-             infidelity_samples: int = 10, sensitivity_samples: int = 5) -> Results:
+             infidelity_samples: int = 10, sensitivity_samples: int = 5, world=None) -> Results:
     """Measure each method's faithfulness on ``dataset`` (items ``(normalised image, label)``;
     ``masks(i)`` or ``box(i)`` enable the pointing games). See :mod:`xviz.evaluation` for the metrics.
 
@@ -175,10 +175,10 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     seed, :func:`image_seed` of ``seed`` and its identity (dataset index, or file name for a folder),
     so the numbers do not depend on ``batch_size`` or on which other images are evaluated with it.
 
-    Inside a process group (``torchrun ... -m xviz evaluate``, or a script that called
-    ``torch.distributed.init_process_group``) each rank scores a contiguous block of the batches and the
-    ranks' sums and counts are added (:mod:`xviz.evaluation.tally`): every rank returns the Results one
-    process would have.
+    ``world``: the processes to share the work with (``xviz.sharding.current()`` in every process of a
+    ``torchrun`` group, as ``xviz evaluate`` passes; default: this process alone): each rank scores a
+    contiguous block of the batches and the ranks' sums and counts are added
+    (:mod:`xviz.evaluation.tally`), so every rank returns the Results one process would have.
     """
     from tqdm import tqdm
 
@@ -201,7 +201,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     if "sanity" in run.metrics:
         run.randomized, randomized_layers = randomized_copy(run.module, randomize, seed)
 
-    tally, world = Tally(show_examples), sharding.current()
+    tally, world = Tally(show_examples), world or sharding.World()
     mine = sharding.block(len(indices), world, batch_size)  # whole batches: each as one process makes it
     started = time.perf_counter()
     bar = tqdm(total=len(mine), unit="img", desc="evaluating", disable=not progress, file=sys.stderr)
