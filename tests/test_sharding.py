@@ -113,3 +113,14 @@ def test_evaluate_on_two_processes_gives_the_numbers_of_one_process(user_files, 
     assert table(proc.stdout) == table(one_out)
     for figure in ("evaluate_sanity.png", "evaluate_curves.png"):  # the same examples and curves
         assert (two / figure).read_bytes() == (one / figure).read_bytes(), figure
+
+
+def test_more_processes_than_images_and_a_mistake_said_once(user_files, monkeypatch):
+    monkeypatch.chdir(user_files)
+    args = ["explain", "clean/img0.png", "--model", "net.py:build", *MODEL_FLAGS, "--out", "single"]
+    proc = _torchrun(args, 29523, user_files)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote 1 overlay(s)") == 1 and (user_files / "single" / "img0_gradcam.png").is_file()
+    proc = _torchrun([*args, "--layer", "nowhere"], 29524, user_files)
+    assert proc.returncode != 0
+    assert proc.stderr.count("xviz: error:") == 1 and "nowhere" in proc.stderr, proc.stderr[-3000:]

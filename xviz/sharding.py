@@ -15,9 +15,10 @@ import os
 
 import torch.distributed as dist
 
-from xviz.train.distributed import World, barrier, every_rank_alike, setup, teardown
+from xviz.errors import XvizError
+from xviz.train.distributed import World, all_sum, setup, teardown
 
-__all__ = ["World", "barrier", "block", "current", "gather", "joined"]
+__all__ = ["Group", "World", "block", "current", "gather", "joined"]
 
 
 def current() -> World:
@@ -35,10 +36,36 @@ def block(count: int, world: World, unit: int = 1) -> range:
     return range(min(first * unit, count), min(last * unit, count))
 
 
+class Group(World):
+    """A command's world (see :func:`joined`): its ranks meet once more, in :func:`gather`; a mistake
+    met before that by any rank is agreed on there, so no rank waits for one that stopped."""
+
+    def __init__(self, world: World, device: str):
+        super().__init__(world.rank, world.local_rank, world.size, world.owns_group)
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "pending", True)  # the ranks have yet to meet in gather()
+
+    def agree(self, error: Exception | None) -> None:
+        """All ranks say whether they met a mistake (one all-reduce); if any did, every rank stops: the
+        mistake is said by rank 0, or by the ranks that met it when rank 0 did not; the others leave with
+        exit status 2 without a word."""
+        object.__setattr__(self, "pending", False)
+        failed, main_failed = all_sum(self, [error is not None, error is not None and self.main], self.device)
+        if not failed:
+            return
+        teardown(self)
+        if error is not None and (self.main or not main_failed):
+            raise error
+        raise SystemExit(2)
+
+
 def gather(world: World, value) -> list:
-    """Every rank's ``value`` (any picklable object), in rank order, on every rank; ``[value]`` alone."""
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank; ``[value]`` alone.
+    In a command's :class:`Group` the ranks first agree that none met a mistake."""
     if not world.distributed:
         return [value]
+    if isinstance(world, Group) and world.pending:
+        world.agree(None)
     values = [None] * world.size
     dist.all_gather_object(values, value)
     return values
@@ -46,13 +73,18 @@ def gather(world: World, value) -> list:
 
 @contextlib.contextmanager
 def joined(device_type: str):
-    """The command's world: joined when torchrun started the process (else one process), left at the end;
-    an XvizError met by any rank stops every rank and is said once (see
-    :func:`xviz.train.distributed.every_rank_alike`)."""
-    world = setup(device_type)
+    """The command's world (a :class:`Group`): joined when torchrun started the process (else one process),
+    left at the end. An XvizError met by a rank before the ranks meet in :func:`gather` stops every rank
+    and is said once; one met after (rank 0 writing what it gathered) is that rank's own."""
+    world = Group(setup(device_type), "cuda" if device_type == "cuda" else "cpu")
     try:
-        with every_rank_alike(world, "cuda" if device_type == "cuda" else "cpu"):
-            yield world
+        yield world
+    except XvizError as exc:
+        if world.distributed and world.pending:
+            world.agree(exc)
+        if world.distributed and not world.main:  # after the meeting every rank computes the same: rank 0 says it
+            raise SystemExit(2) from None
+        raise
     finally:
         teardown(world)
 

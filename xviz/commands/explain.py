@@ -116,7 +116,7 @@ def _explain(args, world) -> int:
         write_settings(out, settings)
     mine = [paths[i] for i in block(len(paths), world)]
     batches = explain_batches(model, mine, methods, layer=args.layer, target=args.target, topk=args.topk,
-                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True)
+                              batch_size=args.batch_size, pm=args.pm, skip_unreadable=True) if mine else []
     skipped, announced, held = 0, not world.main, []
     try:
         with _interruptible(out), tqdm(total=len(mine), unit="img", desc="explaining", file=sys.stderr,
