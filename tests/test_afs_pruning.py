@@ -88,8 +88,11 @@ def test_pruning_says_what_is_wrong():
     with pytest.raises(XvizError, match="no kept channels given for the gated layers layer1.0.conv2"):
         prune(copy.deepcopy(gated), {"layer1.0.conv1": [0]})
     bad = {name: [0, 9999] for name in gates(gated)}
-    with pytest.raises(XvizError, match="kept channels of `layer1.0.conv1` must be"):
-        prune(copy.deepcopy(gated), bad)
+    bad["layer1.0.conv1"] = [0, 1]
+    untouched = copy.deepcopy(gated)
+    with pytest.raises(XvizError, match="kept channels of `layer1.0.conv2` must be"):
+        prune(untouched, bad)
+    assert not is_pruned(untouched) and untouched.layer1[0].conv1.out_channels == 64  # nothing cut
     pruned = prune(copy.deepcopy(gated))
     with pytest.raises(XvizError, match="pruned already"):
         prune(pruned)

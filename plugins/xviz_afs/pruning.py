@@ -156,18 +156,19 @@ def prune(model: nn.Module, channels: dict[str, list[int]] | None = None) -> nn.
     if missing:
         raise XvizError(f"no kept channels given for the gated layers {', '.join(missing)}")
     device = next(model.parameters()).device
+    kept = {}
+    for name, conv in ((n, m) for n, m in model.named_modules() if n in found):  # all checked before any cut
+        kept[name] = torch.as_tensor(sorted(set(channels[name])), dtype=torch.long, device=device)
+        if not len(kept[name]) or int(kept[name].min()) < 0 or int(kept[name].max()) >= conv.out_channels:
+            raise XvizError(f"the kept channels of `{name}` must be 1 to {conv.out_channels} channel indices "
+                            f"in 0-{conv.out_channels - 1}")
     for block_name, block in model.named_modules():
         if not isinstance(block, (BasicBlock, Bottleneck)):
             continue
-        pairs = [(f"{block_name}.conv{i}", getattr(block, f"conv{i}"), getattr(block, f"bn{i}"))
-                 for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
         in_idx = None
-        for position, (name, conv, bn) in enumerate(pairs):
-            idx = torch.as_tensor(sorted(set(channels[name])), dtype=torch.long, device=device)
-            if not len(idx) or int(idx.min()) < 0 or int(idx.max()) >= conv.out_channels:
-                raise XvizError(f"the kept channels of `{name}` must be 1 to {conv.out_channels} channel indices "
-                                f"in 0-{conv.out_channels - 1}")
-            _cut_conv(conv, idx, in_idx)
+        for i in (i for i in (1, 2, 3) if hasattr(block, f"conv{i}")):
+            idx, bn = kept[f"{block_name}.conv{i}"], getattr(block, f"bn{i}")
+            _cut_conv(getattr(block, f"conv{i}"), idx, in_idx)
             _cut_bn(bn, idx)
             _cut_gate(bn.afs, idx, in_idx)
             in_idx = idx
