@@ -7,7 +7,8 @@
 * regularisers ``l2-sp``, ``fea-map``, ``afd`` for ``xviz train --reg``;
 * method ``afs-channels``: where the channels each gate keeps fire, one map per stage;
 * commands ``xviz afs-report`` (channel importance, kept fractions, top channels, MACs) and
-  ``xviz afs-update`` (set the s / m masks from a pass over data).
+  ``xviz afs-update`` (set the s / m masks from a pass over data; ``--prune``: remove the masked
+  channels from the weights, :mod:`xviz_afs.pruning`).
 
 Declarations only: the gates, models, regularisers, method and reports load when used.
 """
@@ -75,7 +76,9 @@ def xviz_register_commands(subparsers):
     p.set_defaults(split="train")
     p.add_argument("--thres-s", type=float, default=0.5, help="s = 1 where the importance's variance exceeds it")
     p.add_argument("--thres-m", type=float, default=0.5, help="m = 1 where the mean kept importance exceeds it")
-    p.add_argument("--out", help="where to write (default: masked.pt beside the checkpoint)")
+    p.add_argument("--prune", action="store_true", help="also remove the masked channels (m = 0) from the weights: "
+                   "a smaller dense network that loads and explains like any checkpoint")
+    p.add_argument("--out", help="where to write (default: masked.pt, or pruned.pt with --prune, beside the checkpoint)")
     p.set_defaults(func=lazy("xviz_afs.report:cmd_update"))
 
     p = subparsers.add_parser("afs-diagram", help="AFDS: draw one AFS gate (conv, BN, predictor, winner-take-all, "

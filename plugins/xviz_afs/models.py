@@ -8,12 +8,19 @@ from xviz.models import LoadedModel
 from xviz_afs.gates import add_gates, check_ratio
 
 
-def build(depth: int, num_classes: int, ratio: float = 0.9):
-    """torchvision ``resnet{depth}`` with ``num_classes`` outputs and AFS gates keeping ``ratio``."""
+def build(depth: int, num_classes: int, ratio: float = 0.9, channels: dict | None = None):
+    """torchvision ``resnet{depth}`` with ``num_classes`` outputs and AFS gates keeping ``ratio``;
+    ``channels`` (``{gated conv: kept channel indices}``, what ``xviz afs-update --prune`` records):
+    the network pruned to those channels (:func:`xviz_afs.pruning.prune`)."""
     import torchvision
 
     check_ratio(ratio)
-    return add_gates(torchvision.models.get_model(f"resnet{depth}", weights=None, num_classes=num_classes), ratio)
+    model = add_gates(torchvision.models.get_model(f"resnet{depth}", weights=None, num_classes=num_classes), ratio)
+    if channels is not None:
+        from xviz_afs.pruning import prune
+
+        prune(model, channels)
+    return model
 
 
 def pretrained(depth: int, weights: str, ratio: float = 0.9) -> LoadedModel:

@@ -198,6 +198,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _prune(model, size: int) -> dict:
+    """Prune ``model`` to the channels its masks keep, say what that saves at ``size`` px; returns the kept channels."""
+    from xviz_afs.pruning import prune, pruned_channels
+
+    before = estimate_macs(model, size).dense
+    prune(model)
+    after = estimate_macs(model, size).gated
+    print(f"pruned: the masked channels are removed; {after / before:.2f}x the MACs of the unpruned network "
+          f"({after / 1e9:.2f} of {before / 1e9:.2f} GMACs at {size} px)")
+    return pruned_channels(model)
+
+
 def cmd_update(args) -> int:
     from xviz.checkpoint import read_checkpoint, save_checkpoint
     from xviz.models import load_model, torch_device
@@ -213,10 +225,13 @@ def cmd_update(args) -> int:
               + ("  (skipped: all channels masked)" if r["kept"] == 0 else ""))
     data = read_checkpoint(args.checkpoint)
     target = Path(args.out) if args.out else (Path(args.checkpoint) if Path(args.checkpoint).is_dir()
-                                              else Path(args.checkpoint).parent) / "masked.pt"
+                                              else Path(args.checkpoint).parent) / ("pruned.pt" if args.prune else "masked.pt")
     extra = {k: v for k, v in data.items() if k not in ("format", "state_dict", "preprocessing")}
     extra["preprocessing"] = loaded.preprocessing
-    extra["afs_update"] = {"thres_s": args.thres_s, "thres_m": args.thres_m, "data": args.data, "split": args.split}
+    extra["afs_update"] = {"thres_s": args.thres_s, "thres_m": args.thres_m, "data": args.data, "split": args.split,
+                           "pruned": bool(args.prune)}
+    if args.prune:
+        extra["arch_options"] = dict(extra.get("arch_options") or {}, channels=_prune(model, loaded.preprocessing.crop or 224))
     save_checkpoint(target, state_dict=model.state_dict(), **extra)
     print(f"wrote {target}")
     return 0

@@ -20,6 +20,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from xviz.errors import XvizError
 
 from xviz_afs.gates import AFSGate, gates, winner_take_all
+from xviz_afs.pruning import PrunedGate, is_pruned
 
 
 def _conv_macs(conv: nn.Conv2d, out_hw: tuple[int, int], cin: float, cout: float) -> float:
@@ -61,11 +62,14 @@ def output_sizes(model: nn.Module, image_size: int) -> dict[str, tuple[int, int]
 def estimate_macs(model: nn.Module, image_size: int, kept: dict[str, float] | None = None) -> MacsReport:
     """Dense and gated MACs for one image; ``kept`` = ``{gated conv: mean fraction of its output
     channels computed}`` (from :func:`xviz_afs.report.channel_stats`; default: each gate's ratio
-    times its ``m`` mask)."""
+    times its ``m`` mask). A pruned model (:mod:`xviz_afs.pruning`) computes every channel left in it."""
     found = gates(model)
     sizes = output_sizes(model, image_size)
     fractions = {}
     for name, gate in found.items():
+        if isinstance(gate, PrunedGate):
+            fractions[name] = 1.0
+            continue
         fractions[name] = kept[name] if kept and name in kept else \
             min(gate.ratio, float(gate.m.mean())) if gate.m.sum() > 0 else 0.0
     dense = gated = 0.0
@@ -79,7 +83,7 @@ def estimate_macs(model: nn.Module, image_size: int, kept: dict[str, float] | No
                 block, conv = name.rsplit(".", 1)
                 fin = previous.get(block, 1.0) if conv != "conv1" else 1.0
                 fout = fractions[name]
-                cost = full * fin * fout + m.in_channels * m.out_channels  # + the gate's predictor
+                cost = full * fin * fout + found[name].predictor.weight.numel()  # + the gate's predictor
                 previous[block] = fout
                 per_layer[name] = (full, cost, fout)
                 if fout == 0:
@@ -138,6 +142,8 @@ def sparse_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     keep; one image at a time. Equal to ``model(x)`` up to float rounding."""
     if not gates(model):
         raise XvizError("the model has no AFS gates: nothing to skip")
+    if is_pruned(model):
+        raise XvizError("the model is pruned: its masked channels are gone already, run it as it is")
     if model.training:
         raise XvizError("sparse_forward runs the model in eval mode (BatchNorm statistics): call model.eval()")
     outs = []

@@ -109,6 +109,15 @@ def _data_of_run(args, model):
 
 
 def cmd_evaluate(args) -> int:
+    """One process, or under torchrun one block of the batches per rank, the sums added (:mod:`xviz.sharding`)."""
+    from xviz.models import torch_device
+    from xviz.sharding import joined
+
+    with joined(torch_device(args.device).type) as world:
+        return _evaluate(args, world)
+
+
+def _evaluate(args, world) -> int:
     from xviz.evaluation import applicable_methods, check_metrics, evaluate, load_data
     from xviz.explainer import resolve_methods
     from xviz.models import load_model, torch_device
@@ -129,14 +138,17 @@ def cmd_evaluate(args) -> int:
     model = load_model(**model_arguments(args)).to(device)
     dataset, described = _data_of_run(args, model) or load_data(args.data, model, args.split, args.root, args.pm)
     check_metrics(metrics, dataset, described)
-    if names is None and len(dataset):
+    if names is None and len(dataset) and world.main:
         _, skipped = applicable_methods(model, dataset[0][0][None].to(device), None, args.layer, args.pm)
         for name, why in skipped.items():
             print(f"skipped `{name}`: {why}", file=sys.stderr)
     results = evaluate(model, names, dataset, metrics=metrics, limit=args.limit, batch_size=args.batch_size,
                        steps=args.steps, baseline=args.baseline, randomize=args.randomize, layer=args.layer,
                        rank_by=args.rank_by, reference=not args.no_reference, chunk=args.chunk, seed=args.seed,
-                       pm=args.pm, dataset_name=described, tolerance=args.tolerance)
+                       pm=args.pm, dataset_name=described, tolerance=args.tolerance, progress=world.main,
+                       world=world)
+    if not world.main:  # every rank holds the same results; rank 0 says and writes them
+        return 0
     results.settings["arguments"] = {name: getattr(args, name) for name in RERUN_FLAGS}
     s = results.settings
     print(f"{model.name} on {described}, {s['images']} images, the predicted class explained; "

@@ -76,9 +76,10 @@ def _settings(args, model, methods) -> dict:
     return settings
 
 
-def _write_all(args, batches, writer, paths, stems, one_folder, settings, out) -> int:
+def _write_all(args, batches, writer, total, stems, one_folder, settings, out, world, held) -> int:
     """Write each batch's files on writer threads while the next batch is computed; the table, report
-    records and progress follow in input order. Returns the number of inputs skipped as unreadable."""
+    records and progress follow in input order (under torchrun the records are ``held`` for rank 0 to
+    write at the end). Returns the number of inputs skipped as unreadable."""
     from tqdm import tqdm
 
     from xviz.outputs import BackgroundWrites
@@ -89,10 +90,13 @@ def _write_all(args, batches, writer, paths, stems, one_folder, settings, out) -
             writer.collect(written)
             bar.update(len(written.records))
         if args.report and writer.records:
-            append_records(out, writer.take_records())
+            if world.distributed:
+                held.extend(writer.take_records())  # rank 0 writes all ranks' records, in order, at the end
+            else:
+                append_records(out, writer.take_records())
 
-    skipped, announced, writes = 0, False, None
-    with _interruptible(out), tqdm(total=len(paths), unit="img", desc="explaining", disable=len(paths) < 2,
+    skipped, announced, writes = 0, not world.main, None
+    with _interruptible(out), tqdm(total=total, unit="img", desc="explaining", disable=total < 2 or not world.main,
                                    file=sys.stderr) as bar, contextlib.ExitStack() as stack:
         for batch in batches:
             for _, why in batch.skipped:
@@ -118,11 +122,21 @@ def _write_all(args, batches, writer, paths, stems, one_folder, settings, out) -
 
 
 def cmd_explain(args) -> int:
+    """One process, or under torchrun one block of the images per rank (:mod:`xviz.sharding`)."""
+    from xviz.models import torch_device
+    from xviz.sharding import joined
+
+    with joined(torch_device(args.device).type) as world:
+        return _explain(args, world)
+
+
+def _explain(args, world) -> int:
     from xviz.explainer import check_targets, explain_batches, resolve_methods
     from xviz.models import load_model, torch_device
     from xviz.outputs import OverlayWriter, output_stems, remove_temporaries, write_failure
-    from xviz.report import build_report, read_labels, write_settings
     from xviz.render import check_alpha, get_cmap
+    from xviz.report import append_records, build_report, read_labels, write_settings
+    from xviz.sharding import block, merge_writers
 
     device = torch_device(args.device)
     methods = resolve_methods(split_names(args.method, default=["gradcam"]), args.pm)
@@ -137,20 +151,29 @@ def cmd_explain(args) -> int:
     paths = _images(args)
     model = load_model(**model_arguments(args)).to(device)
     check_targets(args.target, args.topk, model.class_names, len(model.class_names))
-    remove_temporaries(out)
+    if not world.distributed:  # with several ranks, once all have written (another rank may be writing now)
+        remove_temporaries(out)
     stems = dict(zip(map(str, paths), output_stems([str(p) for p in paths])))
     one_folder = len(args.images) == 1 and Path(args.images[0]).is_dir()
     writer = OverlayWriter(out, args.alpha, args.cmap, args.panel, args.grid, args.save_raw, args.format,
                            args.colorbar)
     settings = _settings(args, model, methods)
     labels = read_labels(args.labels) if args.labels else {}
-    if args.report:  # the page's data, written as the run goes, so an interrupted run can be looked at too
+    if args.report and world.main:  # the page's data, written as the run goes, so an interrupted run can be looked at too
         write_settings(out, settings)
-    batches = explain_batches(model, paths, methods, layer=args.layer, target=args.target, topk=args.topk,
+    mine = [paths[i] for i in block(len(paths), world)]
+    batches = explain_batches(model, mine, methods, layer=args.layer, target=args.target, topk=args.topk,
                               batch_size=args.batch_size, pm=args.pm, skip_unreadable=True, fast=args.autocast or args.fast,
-                              compile=args.compile, workers=args.workers)
+                              compile=args.compile, workers=args.workers) if mine else []
+    held: list[dict] = []
     try:
-        skipped = _write_all(args, batches, writer, paths, stems, one_folder, settings, out)
+        skipped = _write_all(args, batches, writer, len(mine), stems, one_folder, settings, out, world, held)
+        if world.distributed:
+            held, skipped = merge_writers(world, writer, held, skipped)
+            if not world.main:  # rank 0 says and answers for the run (an early exit 2 here would stop it)
+                return 0
+            append_records(out, held)
+            remove_temporaries(out)
         grids = writer.write_grids()
         if args.report:
             write_settings(out, dict(settings, labels=labels, finished=datetime.now().isoformat(timespec="seconds")))

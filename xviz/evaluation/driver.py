@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xviz import registry
+from xviz import registry, sharding
 from xviz.capture import preserved_state
 from xviz.errors import XvizError
 from xviz.evaluation.metrics import (ROAD_NOISE, ROAD_PERCENTILES, auc, average_drop_increase, class_probability,
@@ -24,6 +24,7 @@ from xviz.evaluation.metrics import (ROAD_NOISE, ROAD_PERCENTILES, auc, average_
                                      spearman, ssim)
 from xviz.evaluation.names import BASELINES, COLUMNS, DEFAULT_METRICS, METRICS, RANDOM, check_metric_names
 from xviz.evaluation.results import MethodScores, Results
+from xviz.evaluation.tally import Tally, merged
 from xviz.explainer import explain_tensors, resolve_layer, resolve_methods
 from xviz.methods import Context, Method
 from xviz.models import LoadedModel
@@ -154,7 +155,7 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
              reference: bool = True, chunk: int = 256, seed: int = 0, mean=None, std=None, pm=None,
              progress: bool = True, dataset_name: str = "the dataset", show_examples: int = 4,
              tolerance: float | None = None, road_percentiles: Sequence[float] = ROAD_PERCENTILES,
-             infidelity_samples: int = 10, sensitivity_samples: int = 5) -> Results:
+             infidelity_samples: int = 10, sensitivity_samples: int = 5, world=None) -> Results:
     """Measure each method's faithfulness on ``dataset`` (items ``(normalised image, label)``;
     ``masks(i)`` or ``box(i)`` enable the pointing games). See :mod:`xviz.evaluation` for the metrics.
 
@@ -173,6 +174,11 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     Every random draw of an image (tie order, ROAD noise, captum's perturbations) comes from its own
     seed, :func:`image_seed` of ``seed`` and its identity (dataset index, or file name for a folder),
     so the numbers do not depend on ``batch_size`` or on which other images are evaluated with it.
+
+    ``world``: the processes to share the work with (``xviz.sharding.current()`` in every process of a
+    ``torchrun`` group, as ``xviz evaluate`` passes; default: this process alone): each rank scores a
+    contiguous block of the batches and the ranks' sums and counts are added
+    (:mod:`xviz.evaluation.tally`), so every rank returns the Results one process would have.
     """
     from tqdm import tqdm
 
@@ -195,20 +201,22 @@ def evaluate(model: LoadedModel | nn.Module, methods: Sequence[str | Method] | N
     if "sanity" in run.metrics:
         run.randomized, randomized_layers = randomized_copy(run.module, randomize, seed)
 
-    tally = _Tally(show_examples)
+    tally, world = Tally(show_examples), world or sharding.World()
+    mine = sharding.block(len(indices), world, batch_size)  # whole batches: each as one process makes it
     started = time.perf_counter()
-    bar = tqdm(total=len(indices), unit="img", desc="evaluating", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(mine), unit="img", desc="evaluating", disable=not progress, file=sys.stderr)
     with preserved_state(run.module):
         run.scorer = scoring_model(run.module) if {"deletion", "insertion", "drop", "road", "infidelity"} \
             & set(run.metrics) else run.module
-        for start in range(0, len(indices), batch_size):
-            run.score_batch([int(i) for i in indices[start:start + batch_size]], tally)
-            bar.update(len(indices[start:start + batch_size]))
+        for start in range(mine.start, mine.stop, batch_size):
+            run.score_batch([int(i) for i in indices[start:min(start + batch_size, mine.stop)]], tally)
+            bar.update(min(batch_size, mine.stop - start))
     bar.close()
+    tally = merged(world, tally)
     rows, criterion = _ranked(tally, flag_above, rank_by)
     settings = run.settings(dataset_name, len(indices), randomized_layers, flag_above,
                             skipped if methods is None else {}, time.perf_counter() - started)
-    settings.update(batch_size=batch_size, chunk=chunk, limit=limit, randomize=randomize, reference=reference,
+    settings.update(processes=world.size, batch_size=batch_size, chunk=chunk, limit=limit, randomize=randomize, reference=reference,
                     methods=[m.name for m in use], image_indices=[int(i) for i in indices])
     return Results(rows, criterion, settings, tally.examples)
 
@@ -249,26 +257,6 @@ def _methods_to_use(model, methods, example, layer, pm) -> tuple[list[Method], d
     return use, skipped
 
 
-class _Tally:
-    """Sums over the batches, per method key: metric values, curves, image counts; and the examples
-    kept for the sanity figure."""
-
-    def __init__(self, show_examples: int):
-        self.sums: dict[str, dict[str, float]] = {}
-        self.curves: dict[str, dict[str, torch.Tensor]] = {}
-        self.counts: dict[str, int] = {}
-        self.show_examples = show_examples
-        self.examples: dict = {"images": [], "labels": [], "maps": {}, "signed": {}}
-
-    def add(self, key: str, name: str, value) -> None:
-        acc = self.sums.setdefault(key, {})
-        acc[name] = acc.get(name, 0.0) + float(value)
-
-    def add_curve(self, key: str, kind: str, curves: torch.Tensor) -> None:
-        c = self.curves.setdefault(key, {})
-        c[kind] = c.get(kind, 0) + curves.sum(0).cpu()
-
-
 class _Run:
     """One evaluation's fixed settings, and the scoring of one batch of images with every method."""
 
@@ -292,7 +280,7 @@ class _Run:
         paths = getattr(self.dataset, "paths", None)
         return Path(paths[index]).name if paths is not None else int(index)
 
-    def score_batch(self, idx: list[int], tally: _Tally) -> None:
+    def score_batch(self, idx: list[int], tally: Tally) -> None:
         x = torch.stack([self.dataset[i][0] for i in idx]).to(self.device)
         exps = explain_tensors(self.model, x, self.methods, layer=self.layer, pm=self.pm)
         targets = torch.as_tensor(exps[0].targets[:, 0], device=self.device)
@@ -355,7 +343,7 @@ class _Run:
         per_image = [regions_of(self.dataset, i, self.pre, self.size) for i in idx]
         return {k: torch.from_numpy(np.stack([r[k] for r in per_image])) for k in per_image[0]}
 
-    def _keep_examples(self, x, targets, tally: _Tally) -> list[int]:
+    def _keep_examples(self, x, targets, tally: Tally) -> list[int]:
         """Positions of this batch kept for the sanity figure (their images and labels are stored)."""
         examples = tally.examples
         show = _pick_examples(targets.tolist(), tally.show_examples - len(examples["images"]))
@@ -366,7 +354,7 @@ class _Run:
             examples["labels"] += [f"explaining {names[t] if t < len(names) else t}" for t in targets[show].tolist()]
         return show
 
-    def _sanity(self, exp, key: str, other: np.ndarray, show: list[int], tally: _Tally) -> None:
+    def _sanity(self, exp, key: str, other: np.ndarray, show: list[int], tally: Tally) -> None:
         a, b = exp.maps[:, 0], other
         if exp.signed:
             a, b = np.abs(a), np.abs(b)
@@ -425,7 +413,7 @@ def metric_library_versions() -> dict[str, str]:
     return out
 
 
-def _ranked(tally: _Tally, flag_above: float, rank_by: str | None) -> tuple[list[MethodScores], str]:
+def _ranked(tally: Tally, flag_above: float, rank_by: str | None) -> tuple[list[MethodScores], str]:
     """One row of mean values per method, sorted by ``rank_by`` (default: the first column all rows have)."""
     rows = []
     for key, acc in tally.sums.items():
