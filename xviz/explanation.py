@@ -91,11 +91,9 @@ class Explanation:
         images = [self.images[i] if i < len(self.images) else blank for i in range(len(self)) for _ in range(self.topk)]
         heatmaps = [self.maps[i, k] for i in range(len(self)) for k in range(self.topk)]
         cmap = cmap or (DEFAULT_SIGNED_CMAP if self.signed else DEFAULT_CMAP)
-        fig = grid(images, heatmaps, self.titles(), ncols=ncols or max(self.topk, min(4, len(heatmaps))),
-                   alpha=alpha, cmap=cmap, signed=self.signed)
-        fig.suptitle(f"{self.method}" + (f" at {self.layer}" if self.layer else "") + f" ({self.model})", fontsize=9)
-        fig.tight_layout()
-        return fig
+        title = f"{self.method}" + (f" at {self.layer}" if self.layer else "") + f" ({self.model})"
+        return grid(images, heatmaps, self.titles(), ncols=ncols or max(self.topk, min(4, len(heatmaps))),
+                    alpha=alpha, cmap=cmap, signed=self.signed, title=title)
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows an Explanation as the figure of :meth:`plot`."""

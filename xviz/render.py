@@ -165,8 +165,8 @@ def with_colorbar(picture: np.ndarray, cmap: str | None = None, signed: bool = F
 
 
 def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap: str | None = None, signed: bool = False,
-         colorbar: bool = True):
-    """A figure with one overlay per image, ``ncols`` per row, each with its title."""
+         colorbar: bool = True, title: str = ""):
+    """A figure with one overlay per image, ``ncols`` per row, each with its title (``title`` above all)."""
     import matplotlib.pyplot as plt
 
     n = len(images)
@@ -181,6 +181,8 @@ def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap
             ax.imshow(overlay(images[i], heatmaps[i], alpha, cmap, signed))
             if titles:
                 ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     if colorbar:
         fig.canvas.draw()  # the constrained layout places the axes (titles never overlap a row above) ...
         fig.set_layout_engine("none")  # ... and keeps them there while the colourbar goes beside them
