@@ -42,6 +42,14 @@ def writable_folder(path) -> Path:
     return folder
 
 
+def png_path(value) -> Path:
+    """``--out`` as the path of a PNG file, or an error saying it must name one."""
+    out = Path(value)
+    if out.suffix.lower() != ".png":
+        raise XvizError(f"`--out {out}` must name a .png file")
+    return out
+
+
 def split_names(values, default: Iterable[str] = ()) -> list[str]:
     """Names from repeated and/or comma-separated flags (``--method a,b --method c``), blanks dropped."""
     values = values if isinstance(values, (list, tuple)) else [values] if values else list(default)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xviz import hookimpl
+from xviz.console import png_path
 from xviz.errors import XvizError
 
 EXAMPLES = """examples:
@@ -65,9 +66,7 @@ def cmd_augment_preview(args) -> int:
     from xviz.render import save_png
     from xviz.train.config import AUGMENTATIONS
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise XvizError(f"`--out {out}` must name a .png file")
+    out = png_path(args.out)
     if args.samples < 1:
         raise XvizError(f"`--samples {args.samples}` must be at least 1")
     names = [n.strip() for n in args.transforms.split(",") if n.strip()] if args.transforms else list(AUGMENTATIONS)

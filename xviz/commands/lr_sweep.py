@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from xviz import hookimpl
+from xviz.console import png_path
 from xviz.errors import XvizError
 
 EXAMPLES = """examples:
@@ -26,9 +25,7 @@ def cmd_lr_sweep(args) -> int:
     from xviz.models import torch_device
     from xviz.train.lr_sweep import lr_sweep, plot_lr_sweep
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise XvizError(f"`--out {out}` must name a .png file")
+    out = png_path(args.out)
     lrs = _numbers(args.lrs)
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else []
     if labels and len(labels) != len(lrs):

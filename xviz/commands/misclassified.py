@@ -3,10 +3,9 @@ the map of the predicted class."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from xviz import hookimpl
 from xviz.commands import add_model_flags, model_arguments
+from xviz.console import png_path
 from xviz.errors import XvizError
 
 
@@ -27,9 +26,7 @@ def cmd_misclassified(args) -> int:
     [method] = resolve_methods([args.method], args.pm)
     get_cmap(args.cmap)
     check_alpha(args.alpha)
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise XvizError(f"`--out {out}` must name a .png file")
+    out = png_path(args.out)
     model = load_model(**model_arguments(args))
     model.to(torch_device(args.device)).module.eval()
     options = parse_groups(args.dataset_options or "", "--dataset-options")

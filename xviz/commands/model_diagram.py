@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from xviz import hookimpl
 from xviz.commands import add_model_flags, model_arguments
+from xviz.console import png_path
 from xviz.errors import XvizError
 
 EXAMPLES = """examples:
@@ -21,9 +20,7 @@ def cmd_model_diagram(args) -> int:
     from xviz.models import load_model
     from xviz.render import save_png
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise XvizError(f"`--out {out}` must name a .png file")
+    out = png_path(args.out)
     model = load_model(**model_arguments(args))
     size = args.input_size or model.preprocessing.crop or getattr(model.module, "input_size", None) or 224
     nodes = trace(model.module, torch.zeros(1, 3, size, size), depth=args.depth)
