@@ -184,7 +184,7 @@ def grid(images, heatmaps, titles=None, ncols: int = 4, alpha: float = 0.5, cmap
     if title:
         fig.suptitle(title, fontsize=9)
     if colorbar:
-        fig.canvas.draw()  # the constrained layout places the axes (titles never overlap a row above) ...
+        fig.get_layout_engine().execute(fig)  # the constrained layout places the axes (no title over a row) ...
         fig.set_layout_engine("none")  # ... and keeps them there while the colourbar goes beside them
         add_colorbar(fig, axes, cmap, signed)
     return fig
